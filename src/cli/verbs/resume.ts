@@ -1,0 +1,15 @@
+import type { Verb } from "../main.ts";
+import { exactArgs, runtimeContext } from "../context.ts";
+import { resumeContainer } from "../../linux/operations.ts";
+
+const resume: Verb = {
+  summary: "thaw a paused container",
+  usage: "<container-id>",
+  flags: [],
+  run(global, _flags, args) {
+    exactArgs("resume", args, 1);
+    resumeContainer(runtimeContext(global), args[0]!);
+    return 0;
+  },
+};
+export default resume;

@@ -1,0 +1,310 @@
+/**
+ * Container-mode lifecycle: create, start, kill, delete (and the pieces `run`
+ * combines). Policy lives here and in src/plan; the executor only carries out.
+ */
+import { closeSync, existsSync, openSync, readSync, realpathSync, statSync, unlinkSync, writeFileSync, renameSync, constants as fsConstants } from "node:fs";
+import { resolve as resolvePath } from "node:path";
+import type { Spec } from "../spec/types.ts";
+import { loadSpec } from "../spec/load.ts";
+import { assertValidSpec } from "../spec/validate.ts";
+import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
+import { openCgroupManager, reopenCgroupManager, type CgroupManager } from "../cgroups/index.ts";
+import { StateStore, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
+import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
+import { ContainerError } from "../util/errors.ts";
+import type { Logger } from "../util/log.ts";
+import { runExecutor, type ExecutorRun } from "./executor.ts";
+import { Tracer } from "./trace.ts";
+
+export interface RuntimeContext {
+  store: StateStore;
+  log: Logger;
+  tracer: Tracer;
+}
+
+export interface CreateOptions {
+  id: string;
+  bundle: string;
+  pidFile?: string;
+  consoleSocket?: string;
+  noPivot: boolean;
+  noNewKeyring: boolean;
+  preserveFds: number;
+  /** `run` in the foreground: the executor stays as the container's parent. */
+  foreground: boolean;
+}
+
+const OCI_VERSION = "1.2.0";
+
+/** Build and carry out the plan; on any failure, nothing is left behind. */
+export async function createContainer(ctx: RuntimeContext, opts: CreateOptions): Promise<ExecutorRun & { record: ContainerRecord }> {
+  const id = validateContainerId(opts.id);
+  const bundleDir = resolvePath(opts.bundle || ".");
+  const { spec, bundle } = loadSpec(bundleDir);
+  assertValidSpec(spec, { bundle, forCreate: true });
+  const rootfs = realpathSync(resolvePath(bundle, spec.root!.path));
+
+  const lock = ctx.store.claim(id);
+  let cgroup: CgroupManager | undefined;
+  let initPid = 0;
+  try {
+    const record: ContainerRecord = {
+      ociVersion: spec.ociVersion,
+      id,
+      pid: 0,
+      pidStartTime: "",
+      bundle,
+      rootfs,
+      created: new Date().toISOString(),
+      owner: "",
+      annotations: spec.annotations ?? {},
+      phase: "creating",
+      mode: "container",
+      spec,
+    };
+    ctx.store.write(record);
+    cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id });
+    record.cgroup = cgroup.toJSON();
+    ctx.store.write(record);
+    const plan = buildContainerPlan({
+      spec,
+      bundle,
+      rootfs,
+      fifoDir: ctx.store.dir(id),
+      consoleSocket: opts.consoleSocket,
+      noPivot: opts.noPivot,
+      noNewKeyring: opts.noNewKeyring,
+      preserveFds: opts.preserveFds,
+      foreground: opts.foreground,
+      containerId: id,
+      cgroupMounts: cgroupMountSources(cgroup),
+      isDirectory: (p) => {
+        try {
+          return statSync(p).isDirectory();
+        } catch {
+          return true;
+        }
+      },
+    });
+    for (const note of plan.notes) {
+      ctx.log.warn(note);
+      ctx.tracer.note(note);
+    }
+    const manager = cgroup;
+    const run = await runExecutor(plan.ops, {
+      preserveFds: opts.preserveFds,
+      tracer: ctx.tracer,
+      onPid: (pid) => {
+        initPid = pid;
+        record.pid = pid;
+        record.pidStartTime = readProcStat(pid)?.startTime ?? "";
+        ctx.store.write(record);
+        manager.create();
+        ctx.tracer.runtime(`cgroup create ${Object.values(manager.paths)[0] ?? ""}`, "linux.cgroupsPath");
+        manager.addProcess(pid);
+        ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
+        manager.applyResources(spec.linux?.resources);
+        if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
+      },
+    });
+    record.phase = "created";
+    ctx.store.write(record);
+    ctx.tracer.runtime(`state ${ctx.store.dir(id)}/state.json: created, pid ${run.initPid}`, "create");
+    if (opts.pidFile) writePidFile(opts.pidFile, run.initPid);
+    return { ...run, record };
+  } catch (error) {
+    initPid ||= (error as { initPid?: number }).initPid ?? 0;
+    await cleanupFailedCreate(ctx, id, initPid, cgroup);
+    throw error;
+  } finally {
+    lock.release();
+  }
+}
+
+async function cleanupFailedCreate(ctx: RuntimeContext, id: string, pid: number, cgroup: CgroupManager | undefined): Promise<void> {
+  if (pid > 0) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {}
+    await waitForExit(pid, undefined, 2000);
+  }
+  try {
+    cgroup?.killAll(9);
+    cgroup?.destroy();
+  } catch (e) {
+    ctx.log.warn(`cleanup of container ${id}: ${(e as Error).message}`);
+  }
+  ctx.store.remove(id);
+}
+
+/** What each `cgroup` mount in the container shows, from the container's own cgroup paths. */
+function cgroupMountSources(cgroup: CgroupManager): CgroupMountSource[] {
+  const sources: CgroupMountSource[] = [];
+  for (const [controller, hostPath] of Object.entries(cgroup.paths)) {
+    if (controller === "unified") {
+      if (Object.keys(cgroup.paths).length === 1) sources.push({ dirName: "", fstype: "cgroup2", data: "", hostPath });
+      continue;
+    }
+    const name = controller.startsWith("name=") ? controller.slice(5) : controller;
+    const data = controller.startsWith("name=") ? `none,${controller}` : controller;
+    sources.push({ dirName: name, fstype: "cgroup", data, hostPath });
+  }
+  return sources;
+}
+
+function writePidFile(path: string, pid: number): void {
+  // Atomic, like runc: a reader never sees a half-written pid.
+  const temp = `${path}.${process.pid}.tmp`;
+  writeFileSync(temp, String(pid));
+  renameSync(temp, path);
+}
+
+export function containerStatus(ctx: RuntimeContext, record: ContainerRecord): ContainerStatus {
+  return ctx.store.status(record, () => {
+    const cgroup = reopenRecordCgroup(record);
+    try {
+      return cgroup?.state() === "frozen";
+    } catch {
+      return false;
+    }
+  });
+}
+
+export function reopenRecordCgroup(record: ContainerRecord): CgroupManager | undefined {
+  return record.cgroup ? reopenCgroupManager(record.cgroup as never) : undefined;
+}
+
+/** `start`: release init from the exec fifo so it execs the user process. */
+export async function startContainer(ctx: RuntimeContext, id: string): Promise<ContainerRecord> {
+  validateContainerId(id);
+  const lock = ctx.store.lock(id);
+  try {
+    const record = ctx.store.read(id);
+    const status = containerStatus(ctx, record);
+    if (status === "stopped") throw new ContainerError("container-stopped", "cannot start a container that has stopped");
+    if (status !== "created") throw new ContainerError("container-not-created", `cannot start an already ${status} container`);
+    const fifo = ctx.store.fifoPath(id);
+    const fd = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    try {
+      const byte = new Uint8Array(1);
+      const deadline = Date.now() + 10_000;
+      // Init's blocking open returns once we hold the read end; then it writes one byte.
+      for (;;) {
+        let n = 0;
+        try {
+          n = readSync(fd, byte, 0, 1, null);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+        }
+        if (n === 1) break;
+        if (!isSameLiveProcess(record.pid, record.pidStartTime)) {
+          throw new ContainerError("container-stopped", `container ${id}: init exited before it could start`);
+        }
+        if (Date.now() > deadline) throw new ContainerError("start-timeout", `container ${id}: init did not take the start signal`);
+        Bun.sleepSync(1);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    unlinkSync(fifo);
+    ctx.tracer.runtime(`open ${fifo}: init released to exec`, "start");
+    return record;
+  } finally {
+    lock.release();
+  }
+}
+
+export function killContainer(ctx: RuntimeContext, id: string, signal: number, all: boolean): void {
+  validateContainerId(id);
+  const record = ctx.store.read(id);
+  const status = containerStatus(ctx, record);
+  if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", "container not running");
+  if (all) {
+    const cgroup = reopenRecordCgroup(record);
+    if (cgroup) {
+      cgroup.killAll(signal);
+      return;
+    }
+  }
+  process.kill(record.pid, signal);
+}
+
+export interface DeleteOptions {
+  force: boolean;
+}
+
+/** `delete`: stop what remains (created, or anything with --force), remove the cgroup and the state. */
+export async function deleteContainer(ctx: RuntimeContext, id: string, opts: DeleteOptions): Promise<void> {
+  validateContainerId(id);
+  if (!existsSync(ctx.store.dir(id))) {
+    if (opts.force) return; // runc: --force on a container that is already gone succeeds.
+    throw notExist(id);
+  }
+  const lock = ctx.store.lock(id);
+  try {
+    let record: ContainerRecord;
+    try {
+      record = ctx.store.read(id);
+    } catch {
+      // A create that died before writing its state: nothing but the directory to remove.
+      ctx.store.remove(id);
+      if (opts.force) return;
+      throw notExist(id);
+    }
+    const status = containerStatus(ctx, record);
+    if ((status === "running" || status === "paused" || status === "creating") && !opts.force) {
+      throw new ContainerError("container-not-stopped", `cannot delete container ${id} that is not stopped: ${status}`);
+    }
+    await destroyContainer(ctx, record, status);
+  } finally {
+    lock.release();
+  }
+}
+
+export async function destroyContainer(ctx: RuntimeContext, record: ContainerRecord, status: ContainerStatus): Promise<void> {
+  const cgroup = reopenRecordCgroup(record);
+  if (status !== "stopped") {
+    if (status === "paused") cgroup?.thaw();
+    try {
+      process.kill(record.pid, "SIGKILL");
+    } catch {}
+    await waitForExit(record.pid, record.pidStartTime, 5000);
+  }
+  if (cgroup) {
+    // Without a pid namespace, processes may outlive init: they go with the container.
+    try {
+      if (cgroup.processes().length) cgroup.killAll(9);
+    } catch {}
+    cgroup.destroy();
+    ctx.tracer.runtime("cgroup remove", "linux.cgroupsPath");
+  }
+  ctx.store.remove(record.id);
+}
+
+/** Poll until pid is gone or a zombie (it is not our child, so we cannot wait(2) for it). */
+export async function waitForExit(pid: number, startTime: string | undefined, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const stat = readProcStat(pid);
+    if (!stat || stat.state === "Z" || stat.state === "X" || (startTime && stat.startTime !== startTime)) return true;
+    if (Date.now() > deadline) return false;
+    await Bun.sleep(2);
+  }
+}
+
+export function stateJson(ctx: RuntimeContext, record: ContainerRecord): object {
+  const status = containerStatus(ctx, record);
+  return {
+    ociVersion: record.ociVersion || OCI_VERSION,
+    id: record.id,
+    pid: status === "stopped" ? 0 : record.pid,
+    status,
+    bundle: record.bundle,
+    rootfs: record.rootfs,
+    created: record.created,
+    owner: record.owner,
+    annotations: record.annotations,
+  };
+}
+
+export type { Spec };

@@ -1,0 +1,98 @@
+/**
+ * runc's operational verbs on a live container: pause/resume (freezer), ps,
+ * update (resources), events (stats and OOM notices). All of them go through
+ * the container's cgroup.
+ */
+import type { LinuxResources } from "../spec/types.ts";
+import type { CgroupManager } from "../cgroups/index.ts";
+import { validateContainerId, type ContainerRecord } from "../state/store.ts";
+import { ContainerError } from "../util/errors.ts";
+import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
+
+function liveCgroup(ctx: RuntimeContext, id: string): { record: ContainerRecord; cgroup: CgroupManager } {
+  const record = ctx.store.read(validateContainerId(id));
+  const cgroup = reopenRecordCgroup(record);
+  if (!cgroup) throw new ContainerError("no-cgroup", `container ${id} has no cgroup`);
+  return { record, cgroup };
+}
+
+export function pauseContainer(ctx: RuntimeContext, id: string): void {
+  const lock = ctx.store.lock(validateContainerId(id));
+  try {
+    const { record, cgroup } = liveCgroup(ctx, id);
+    const status = containerStatus(ctx, record);
+    if (status !== "running" && status !== "created") throw new ContainerError("container-not-running", "container not running");
+    cgroup.freeze();
+  } finally {
+    lock.release();
+  }
+}
+
+export function resumeContainer(ctx: RuntimeContext, id: string): void {
+  const lock = ctx.store.lock(validateContainerId(id));
+  try {
+    const { record, cgroup } = liveCgroup(ctx, id);
+    if (containerStatus(ctx, record) !== "paused") throw new ContainerError("container-not-paused", "container not paused");
+    cgroup.thaw();
+  } finally {
+    lock.release();
+  }
+}
+
+export function containerProcesses(ctx: RuntimeContext, id: string): number[] {
+  const { record, cgroup } = liveCgroup(ctx, id);
+  if (containerStatus(ctx, record) === "stopped") return [];
+  return cgroup.processes().sort((a, b) => a - b);
+}
+
+/** `update`: apply new resource values to a running container and remember them. */
+export function updateContainer(ctx: RuntimeContext, id: string, resources: LinuxResources): void {
+  const lock = ctx.store.lock(validateContainerId(id));
+  try {
+    const { record, cgroup } = liveCgroup(ctx, id);
+    if (containerStatus(ctx, record) === "stopped") throw new ContainerError("container-not-running", `container ${id} is stopped`);
+    cgroup.applyResources(resources, { update: true });
+    const linux = (record.spec.linux ??= {});
+    linux.resources = mergeResources(linux.resources ?? {}, resources);
+    ctx.store.write(record);
+  } finally {
+    lock.release();
+  }
+}
+
+function mergeResources(base: LinuxResources, change: LinuxResources): LinuxResources {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(change)) {
+    const prior = out[key];
+    out[key] =
+      value && typeof value === "object" && !Array.isArray(value) && prior && typeof prior === "object" && !Array.isArray(prior)
+        ? { ...prior, ...value }
+        : value;
+  }
+  return out as LinuxResources;
+}
+
+export function containerStats(ctx: RuntimeContext, id: string): { type: "stats"; id: string; data: unknown } {
+  const { cgroup } = liveCgroup(ctx, id);
+  return { type: "stats", id, data: cgroup.stats() };
+}
+
+/** The event stream: stats every interval, and an "oom" event whenever the OOM-kill count grows. */
+export async function streamEvents(
+  ctx: RuntimeContext,
+  id: string,
+  intervalMs: number,
+  emit: (event: object) => void,
+  shouldStop: () => boolean = () => false,
+): Promise<void> {
+  const { record, cgroup } = liveCgroup(ctx, id);
+  let ooms = cgroup.oomKillCount();
+  while (!shouldStop()) {
+    if (containerStatus(ctx, ctx.store.exists(id) ? ctx.store.read(id) : record) === "stopped") return;
+    const now = cgroup.oomKillCount();
+    if (now > ooms) emit({ type: "oom", id });
+    ooms = now;
+    emit({ type: "stats", id, data: cgroup.stats() });
+    await Bun.sleep(intervalMs);
+  }
+}

@@ -1,0 +1,334 @@
+/**
+ * spec + host facts -> ExecPlan. Pure: it reads nothing from the host itself
+ * (the caller passes facts in), so every decision the runtime makes about a
+ * container is visible here and golden-testable. Every op records the
+ * config.json field (or CLI flag) that caused it; `--trace` prints that.
+ */
+import type { LinuxDevice, Mount, Spec } from "../spec/types.ts";
+import { capabilityNumber } from "../spec/capabilities.ts";
+import { rlimitNumber } from "../spec/rlimits.ts";
+import { CLONE, MS, NAMESPACES } from "./constants.ts";
+import { parseMountOptions } from "./mount-options.ts";
+import { OpCode, Section, type PlanOp } from "./ops.ts";
+import { PlanError } from "./errors.ts";
+
+/** One cgroup hierarchy as the container should see it at a `cgroup` mount. */
+export interface CgroupMountSource {
+  /** Directory name under the mount destination ("memory", "cpu,cpuacct", "systemd"); "" for cgroup2 mounted at the destination itself. */
+  dirName: string;
+  fstype: "cgroup" | "cgroup2";
+  /** Mount data with a cgroup namespace, e.g. "memory" or "none,name=systemd". */
+  data: string;
+  /** The container's own cgroup directory on the host, bind-mounted when there is no cgroup namespace. */
+  hostPath: string;
+}
+
+export interface PlanInput {
+  spec: Spec;
+  /** Absolute bundle directory (relative bind sources resolve against it). */
+  bundle: string;
+  /** Absolute, symlink-free rootfs path. */
+  rootfs: string;
+  /** Where create made the exec fifo (the container's state directory). */
+  fifoDir: string;
+  consoleSocket?: string;
+  noPivot: boolean;
+  noNewKeyring: boolean;
+  preserveFds: number;
+  /** Keep stage0 as the container's parent (foreground `run`) instead of exiting (create). */
+  foreground: boolean;
+  containerId: string;
+  cgroupMounts: CgroupMountSource[];
+  /** Host fact: is this bind source a directory (else the target is created as a file)? */
+  isDirectory: (hostPath: string) => boolean;
+}
+
+const DEFAULT_DEVICES: Array<{ path: string; major: number; minor: number }> = [
+  { path: "/dev/null", major: 1, minor: 3 },
+  { path: "/dev/zero", major: 1, minor: 5 },
+  { path: "/dev/full", major: 1, minor: 7 },
+  { path: "/dev/random", major: 1, minor: 8 },
+  { path: "/dev/urandom", major: 1, minor: 9 },
+  { path: "/dev/tty", major: 5, minor: 0 },
+];
+
+const DEV_SYMLINKS: Array<[target: string, link: string]> = [
+  ["/proc/self/fd", "/dev/fd"],
+  ["/proc/self/fd/0", "/dev/stdin"],
+  ["/proc/self/fd/1", "/dev/stdout"],
+  ["/proc/self/fd/2", "/dev/stderr"],
+];
+
+const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+class PlanBuilder {
+  readonly ops: PlanOp[] = [];
+  add(section: Section, code: OpCode, args: (string | number | Uint8Array)[], source: string): void {
+    this.ops.push({ code, section, source, args: args.map((a) => (typeof a === "number" ? String(a) : a)) });
+  }
+  pre(code: OpCode, args: (string | number | Uint8Array)[], source: string): void {
+    this.add(Section.Pre, code, args, source);
+  }
+  parent(code: OpCode, args: (string | number | Uint8Array)[], source: string): void {
+    this.add(Section.Parent, code, args, source);
+  }
+  init(code: OpCode, args: (string | number | Uint8Array)[], source: string): void {
+    this.add(Section.Init, code, args, source);
+  }
+}
+
+export interface ContainerPlan {
+  ops: PlanOp[];
+  /** Clone flags of the namespaces the container gets fresh. */
+  cloneFlags: number;
+  terminal: "none" | "socket" | "monitor";
+  /** Notes for --debug/--trace: options accepted but not acted upon. */
+  notes: string[];
+}
+
+export function buildContainerPlan(input: PlanInput): ContainerPlan {
+  const { spec, rootfs } = input;
+  const process = spec.process!;
+  const b = new PlanBuilder();
+  const notes: string[] = [];
+  const namespaces = spec.linux?.namespaces ?? [];
+  const nsIndex = (type: string) => namespaces.findIndex((n) => n.type === type);
+  const isNew = (type: keyof typeof NAMESPACES) => {
+    const i = nsIndex(type);
+    return i >= 0 && !namespaces[i]!.path;
+  };
+  const hasNs = (type: keyof typeof NAMESPACES) => nsIndex(type) >= 0;
+  if (!hasNs("mount")) {
+    throw new PlanError("mount-ns-required", "linux.namespaces: a mount namespace is required (nano-kata sets up the rootfs inside it)");
+  }
+  const userNs = hasNs("user");
+
+  // ---- Pre: host-side preparations, then join existing namespaces ----
+  b.pre(OpCode.FIFO_PREPARE, [input.fifoDir, "exec.fifo"], "create (exec fifo: start releases the container)");
+  const terminal: ContainerPlan["terminal"] = process.terminal
+    ? input.consoleSocket
+      ? "socket"
+      : input.foreground
+        ? "monitor"
+        : "none"
+    : "none";
+  if (process.terminal && terminal === "none") {
+    throw new PlanError("console-socket-required", "process.terminal: cannot allocate a terminal for a detached container without --console-socket");
+  }
+  if (terminal === "socket") b.pre(OpCode.CONNECT_CONSOLE, [input.consoleSocket!], "--console-socket");
+
+  // The user namespace first: joining it decides what the other joins are allowed to do.
+  const joins = namespaces
+    .map((ns, i) => ({ ns, i }))
+    .filter(({ ns }) => ns.path)
+    .sort((a, c) => Number(c.ns.type === "user") - Number(a.ns.type === "user"));
+  for (const { ns, i } of joins) b.pre(OpCode.SETNS, [ns.path!, ns.type], `linux.namespaces[${i}]`);
+
+  if (isNew("time")) {
+    // A time namespace applies to children only, and its offsets must be set before any process enters it.
+    b.pre(OpCode.UNSHARE, [CLONE.NEWTIME], `linux.namespaces[${nsIndex("time")}]`);
+    const offsets = Object.entries(spec.linux?.timeOffsets ?? {})
+      .map(([clock, o]) => `${clock} ${o.secs ?? 0} ${o.nanosecs ?? 0}`)
+      .join("\n");
+    if (offsets) b.pre(OpCode.WRITE_FILE, ["/proc/self/timens_offsets", offsets], "linux.timeOffsets");
+  }
+
+  // cgroup: unshared later by init, once the runtime has placed it in its cgroup.
+  let cloneFlags = 0;
+  for (const type of ["user", "pid", "network", "ipc", "uts", "mount"] as const) {
+    if (isNew(type)) cloneFlags |= NAMESPACES[type].flag;
+  }
+  b.pre(OpCode.CLONE, [cloneFlags], "linux.namespaces");
+
+  // ---- Parent: id maps, report the pid, wait for the cgroup, release ----
+  if (isNew("user")) {
+    const map = (m: { containerID: number; hostID: number; size: number }[] | undefined) =>
+      (m ?? []).map((e) => `${e.containerID} ${e.hostID} ${e.size}`).join("\n");
+    if (spec.linux?.uidMappings?.length) b.parent(OpCode.WRITE_CHILD_PROC, ["uid_map", map(spec.linux.uidMappings)], "linux.uidMappings");
+    if (spec.linux?.gidMappings?.length) b.parent(OpCode.WRITE_CHILD_PROC, ["gid_map", map(spec.linux.gidMappings)], "linux.gidMappings");
+  }
+  b.parent(OpCode.SEND_PID, [], "create (report init pid)");
+  b.parent(OpCode.WAIT_GO, [], "linux.cgroupsPath (runtime places init in its cgroup)");
+  b.parent(OpCode.RELEASE_CHILD, [], "create");
+  if (input.foreground) b.parent(OpCode.MONITOR, [terminal === "monitor" ? "copy" : "none"], "run (foreground)");
+  else b.parent(OpCode.EXIT, [], "create (detached: init lives on)");
+
+  // ---- Init: the container's first process ----
+  b.init(OpCode.WAIT_RELEASE, [], "create");
+  if (isNew("user")) {
+    b.init(OpCode.SETRESGID, [0], "linux.namespaces (become root of the new user namespace)");
+    b.init(OpCode.SETRESUID, [0], "linux.namespaces (become root of the new user namespace)");
+  }
+  if (isNew("cgroup")) b.init(OpCode.UNSHARE, [CLONE.NEWCGROUP], `linux.namespaces[${nsIndex("cgroup")}]`);
+  if (!input.noNewKeyring) b.init(OpCode.JOIN_KEYRING, [`_ses.${input.containerId}`], "create (session keyring; --no-new-keyring skips)");
+
+  planRootfs(b, input, userNs, notes);
+
+  if (spec.hostname !== undefined && isNew("uts")) b.init(OpCode.SETHOSTNAME, [spec.hostname], "hostname");
+  if (spec.domainname !== undefined && isNew("uts")) b.init(OpCode.SETDOMAINNAME, [spec.domainname], "domainname");
+  for (const [key, value] of Object.entries(spec.linux?.sysctl ?? {})) {
+    b.init(OpCode.WRITE_PROC, [`/proc/sys/${key.replaceAll(".", "/")}`, value], `linux.sysctl["${key}"]`);
+  }
+  (spec.linux?.maskedPaths ?? []).forEach((p, i) => b.init(OpCode.MASK_PATH, [p], `linux.maskedPaths[${i}]`));
+  (spec.linux?.readonlyPaths ?? []).forEach((p, i) => b.init(OpCode.READONLY_PATH, [p], `linux.readonlyPaths[${i}]`));
+  if (spec.root?.readonly) b.init(OpCode.REMOUNT_RO, ["/"], "root.readonly");
+
+  planProcess(b, input, terminal);
+  return { ops: b.ops, cloneFlags, terminal, notes };
+}
+
+function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, notes: string[]): void {
+  const { spec, rootfs } = input;
+  const propagationName = spec.linux?.rootfsPropagation;
+  // Stop mount events flowing back to the host before touching anything.
+  const rootPropagation = propagationName === "private" || propagationName === "rprivate" ? MS.PRIVATE | MS.REC : MS.SLAVE | MS.REC;
+  b.init(OpCode.MOUNT, ["", "/", "", rootPropagation, ""], propagationName ? "linux.rootfsPropagation" : "create (make / rslave)");
+  b.init(OpCode.MOUNT, [rootfs, rootfs, "", MS.BIND | MS.REC, ""], "root.path (bind onto itself for pivot_root)");
+
+  const mounts = spec.mounts ?? [];
+  mounts.forEach((m, i) => planMount(b, input, m, `mounts[${i}]`, notes));
+
+  const devBound = mounts.some((m) => m.destination === "/dev" && parseMountOptions(m.options, m.type).bind);
+  if (!devBound) {
+    for (const d of DEFAULT_DEVICES) planDevice(b, rootfs, { path: d.path, type: "c", major: d.major, minor: d.minor, fileMode: 0o666, uid: 0, gid: 0 }, userNs, "create (default device)");
+    (spec.linux?.devices ?? []).forEach((d, i) => planDevice(b, rootfs, d, userNs, `linux.devices[${i}]`));
+    for (const [target, link] of DEV_SYMLINKS) b.init(OpCode.SYMLINK_IN_ROOT, [rootfs, target, link], "create (default /dev symlink)");
+    if (mounts.some((m) => m.destination === "/dev/pts")) b.init(OpCode.SYMLINK_IN_ROOT, [rootfs, "pts/ptmx", "/dev/ptmx"], "mounts (devpts: /dev/ptmx -> pts/ptmx)");
+  }
+
+  if (input.noPivot) b.init(OpCode.CHROOT, [rootfs], "--no-pivot");
+  else b.init(OpCode.PIVOT_ROOT, [rootfs], "root.path");
+  if (propagationName && rootPropagation !== propagationFlag(propagationName)) {
+    b.init(OpCode.MOUNT, ["", "/", "", propagationFlag(propagationName), ""], "linux.rootfsPropagation");
+  }
+}
+
+function propagationFlag(name: string): number {
+  const base = name.replace(/^r/, "");
+  const flag = { shared: MS.SHARED, slave: MS.SLAVE, private: MS.PRIVATE, unbindable: MS.UNBINDABLE }[base] ?? MS.SLAVE;
+  return name.startsWith("r") ? flag | MS.REC : flag;
+}
+
+function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, notes: string[]): void {
+  const { rootfs } = input;
+  const options = parseMountOptions(m.options, m.type);
+  if (options.unsupported.length) {
+    throw new PlanError("mount-option-unsupported", `${source}.options: not supported: ${options.unsupported.join(", ")}`);
+  }
+  for (const why of options.ignored) notes.push(`${source}.options: ignored ${why}`);
+  const dest = m.destination;
+
+  if (m.type === "cgroup" || m.type === "cgroup2") {
+    planCgroupMount(b, input, m, options.flags, source);
+    return;
+  }
+  if (options.bind) {
+    const hostSource = resolveBindSource(m.source ?? "", input.bundle);
+    b.init(
+      OpCode.MOUNT_IN_ROOT,
+      [rootfs, dest, hostSource, "", MS.BIND | (options.recursive ? MS.REC : 0), "", input.isDirectory(hostSource) ? "dir" : "file", "0"],
+      source,
+    );
+    if (options.bindRemountFlags || options.flags) {
+      b.init(OpCode.REMOUNT_IN_ROOT, [rootfs, dest, options.bindRemountFlags | options.flags], `${source}.options`);
+    }
+  } else {
+    const fstype = m.type ?? "";
+    const strict = fstype === "proc" || fstype === "sysfs" ? "1" : "0";
+    b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, m.source ?? fstype, fstype, options.flags, options.data, "dir", strict], source);
+  }
+  if (options.propagation) {
+    b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "", "", options.propagation, "", "none", "0"], `${source}.options (propagation)`);
+  }
+}
+
+/** runc's `cgroup` mount: a tmpfs with one directory per v1 hierarchy, or cgroup2 itself. */
+function planCgroupMount(b: PlanBuilder, input: PlanInput, m: Mount, flags: number, source: string): void {
+  const { rootfs } = input;
+  const cgroupNs = (input.spec.linux?.namespaces ?? []).some((n) => n.type === "cgroup" && !n.path);
+  const dest = m.destination;
+  const v2 = input.cgroupMounts.find((c) => c.fstype === "cgroup2" && c.dirName === "");
+  if (v2) {
+    if (cgroupNs) b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "cgroup2", "cgroup2", flags, "", "dir", "1"], source);
+    else {
+      b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, v2.hostPath, "", MS.BIND, "", "dir", "1"], source);
+      b.init(OpCode.REMOUNT_IN_ROOT, [rootfs, dest, flags], `${source}.options`);
+    }
+    return;
+  }
+  // The tmpfs stays writable until every hierarchy is in place, then takes the mount's flags.
+  b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "tmpfs", "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755", "dir", "1"], source);
+  for (const c of input.cgroupMounts) {
+    const sub = `${dest}/${c.dirName}`;
+    if (cgroupNs) {
+      b.init(OpCode.MOUNT_IN_ROOT, [rootfs, sub, "cgroup", c.fstype, flags, c.data, "dir", "1"], `${source} (${c.dirName})`);
+    } else {
+      b.init(OpCode.MOUNT_IN_ROOT, [rootfs, sub, c.hostPath, "", MS.BIND, "", "dir", "1"], `${source} (${c.dirName})`);
+      b.init(OpCode.REMOUNT_IN_ROOT, [rootfs, sub, flags], `${source}.options (${c.dirName})`);
+    }
+  }
+  if (flags & MS.RDONLY) b.init(OpCode.REMOUNT_IN_ROOT, [rootfs, dest, flags], `${source}.options`);
+}
+
+function resolveBindSource(source: string, bundle: string): string {
+  return source.startsWith("/") ? source : `${bundle}/${source}`;
+}
+
+function planDevice(b: PlanBuilder, rootfs: string, d: LinuxDevice, userNs: boolean, source: string): void {
+  // A user namespace may not mknod: bind the host's node instead, as runc does.
+  if (userNs) {
+    b.init(OpCode.BIND_DEVICE_IN_ROOT, [rootfs, d.path, d.path], source);
+    return;
+  }
+  const mode = (d.fileMode ?? 0o666) & 0o7777;
+  b.init(
+    OpCode.MKNOD_IN_ROOT,
+    [rootfs, d.path, d.type, d.major ?? 0, d.minor ?? 0, mode.toString(8), d.uid ?? 0, d.gid ?? 0],
+    source,
+  );
+}
+
+function capabilityMask(names: readonly string[] | undefined): string {
+  let mask = 0n;
+  for (const name of names ?? []) {
+    const n = capabilityNumber(name);
+    if (n !== undefined) mask |= 1n << BigInt(n);
+  }
+  return mask.toString(16);
+}
+
+function planProcess(b: PlanBuilder, input: PlanInput, terminal: ContainerPlan["terminal"]): void {
+  const process = input.spec.process!;
+  const user = process.user;
+  const caps = process.capabilities;
+
+  if (process.oomScoreAdj !== undefined) b.init(OpCode.WRITE_PROC, ["/proc/self/oom_score_adj", process.oomScoreAdj], "process.oomScoreAdj");
+  (process.rlimits ?? []).forEach((r, i) => b.init(OpCode.SETRLIMIT, [rlimitNumber(r.type)!, r.soft, r.hard], `process.rlimits[${i}] (${r.type})`));
+  if (terminal !== "none") b.init(OpCode.SETUP_TERMINAL, [terminal, user.uid, user.gid], "process.terminal");
+
+  // Capabilities: shrink the bounding set while still root, keep the permitted
+  // set across setuid, then set the final sets (runc's order).
+  b.init(OpCode.CAP_BOUNDING, [capabilityMask(caps?.bounding)], "process.capabilities.bounding");
+  b.init(OpCode.KEEPCAPS, [1], "process.user (keep capabilities across setuid)");
+  b.init(OpCode.SETGROUPS, [...(user.additionalGids ?? [])], "process.user.additionalGids");
+  b.init(OpCode.SETRESGID, [user.gid], "process.user.gid");
+  b.init(OpCode.SETRESUID, [user.uid], "process.user.uid");
+  b.init(OpCode.KEEPCAPS, [0], "process.user");
+  b.init(
+    OpCode.CAPSET,
+    [capabilityMask(caps?.effective), capabilityMask(caps?.permitted), capabilityMask(caps?.inheritable)],
+    "process.capabilities",
+  );
+  b.init(OpCode.CAP_AMBIENT, [capabilityMask(caps?.ambient)], "process.capabilities.ambient");
+  b.init(OpCode.UMASK, [(user.umask ?? 0o022).toString(8)], user.umask !== undefined ? "process.user.umask" : "create (default umask 0022)");
+  b.init(OpCode.CHDIR, [process.cwd], "process.cwd");
+  if (process.noNewPrivileges) b.init(OpCode.NO_NEW_PRIVS, [], "process.noNewPrivileges");
+  b.init(OpCode.CLOSE_FDS, [input.preserveFds], input.preserveFds ? "--preserve-fds" : "create (no runtime fd may reach the container)");
+  const env = process.env ?? [];
+  const pathEnv = env.findLast((e) => e.startsWith("PATH="))?.slice(5) ?? DEFAULT_PATH;
+  const args = process.args ?? [];
+  b.init(OpCode.EXEC_LOOKUP, [args[0] ?? "", pathEnv], "process.args[0]");
+  b.init(OpCode.REPORT_READY, [], "create (init is ready)");
+  b.init(OpCode.WAIT_FIFO, [], "start (blocks until `start`)");
+  b.init(OpCode.EXEC, [args.length, ...args, ...env], "process.args, process.env");
+}
