@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -198,7 +199,8 @@ static int op_send_pid(const struct op *op)
  * (cgroups, hooks); anything else means abort. */
 static int op_wait_go(const struct op *op)
 {
-	char line[64];
+	/* "go" or "go <payload>" (the payload: the state JSON for in-container hooks). */
+	static char line[65536];
 	size_t n = 0;
 	(void)op;
 	for (;;) {
@@ -216,9 +218,21 @@ static int op_wait_go(const struct op *op)
 			line[n++] = c;
 	}
 	line[n] = 0;
+	if (strncmp(line, "go ", 3) == 0) {
+		nk.sync_payload = line + 3;
+		return 0;
+	}
 	if (strcmp(line, "go") != 0)
-		return failx(ECANCELED, "runtime answered \"%s\" instead of \"go\"", line);
+		return failx(ECANCELED, "runtime answered \"%.60s\" instead of \"go\"", line);
 	return 0;
+}
+
+/* SYNC(name): tell the runtime we reached a named point (it runs its
+ * createRuntime/createContainer hooks there) and wait for its "go". */
+static int op_sync(const struct op *op)
+{
+	sync_line("sync %s\n", op->arg[0]);
+	return op_wait_go(op);
 }
 
 static int op_release_child(const struct op *op)
@@ -311,6 +325,9 @@ static const struct op_info op_table[] = {
 	[OP_REPORT_READY] = {"REPORT_READY", INIT, "", op_in_run_loop},
 	[OP_EXEC_LOOKUP] = {"EXEC_LOOKUP", INIT, "ss", op_exec_lookup},
 	[OP_EXEC] = {"EXEC", INIT, "is*", op_exec},
+	[OP_SET_DUMPABLE] = {"SET_DUMPABLE", ANY, "i", op_set_dumpable},
+	[OP_SYNC] = {"SYNC", INIT, "s", op_sync},
+	[OP_RUN_HOOK] = {"RUN_HOOK", INIT, "sibis*", op_run_hook},
 };
 #define OP_TABLE_SIZE (sizeof op_table / sizeof op_table[0])
 
@@ -513,7 +530,7 @@ static void run_op(const struct plan *plan, unsigned index)
 	r = op_table[op->code].fn(op);
 	if (r == 0)
 		report_ok(index, nk.detail);
-	else if (r < 0) {
+	else {
 		report_err(index);
 		die();
 	}
@@ -605,6 +622,15 @@ int main(int argc, char **argv)
 	}
 	/* The sync socket must never reach the container (CVE-2024-21626). */
 	nk.sync_fd = (int)fd;
+	/* Until execve, processes in the container must not be able to open
+	 * /proc/<our pid>/exe and rewrite this binary on the host
+	 * (CVE-2019-5736): a non-dumpable process's /proc files belong to root
+	 * of the init user namespace and ptrace-style access is refused. The
+	 * container's own program starts dumpable again after execve. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+		sync_line("err -1 %d prctl PR_SET_DUMPABLE: %s\n", errno, strerror(errno));
+		return 1;
+	}
 
 	if (read_plan(&buf, &size) < 0 || decode_plan(buf, size, &plan) < 0) {
 		sync_line("err -1 %d malformed plan: %s\n", EINVAL, plan_error);

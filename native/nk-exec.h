@@ -31,6 +31,7 @@ struct op {
 /* Process-wide executor state (single-threaded: plain globals are fine). */
 struct nk_state {
 	int sync_fd;            /* -1 once closed */
+	const char *sync_payload; /* text after "go " at the last WAIT_GO/SYNC */
 	int peer_fd;            /* internal socketpair end shared by stage0 and init */
 	pid_t child;            /* stage0: pid of init; 0 before CLONE and inside init */
 	int fifo_dir_fd;        /* FIFO_PREPARE: O_PATH fd of the fifo's directory */
@@ -46,9 +47,9 @@ struct nk_state {
 };
 extern struct nk_state nk;
 
-/* An op function returns 0 (report "ok"), -1 after fail()/failx() (report
- * "err", exit 1), or OP_REPORTED when it already wrote its own lines. */
-#define OP_REPORTED 1
+/* An op function returns 0 (the run loop reports "ok" with nk.detail) or -1
+ * after fail()/failx() (it reports "err" and the process exits 1). Ops that
+ * never return (EXEC, MONITOR) write their own lines. */
 typedef int (*op_fn)(const struct op *op);
 
 int fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -83,6 +84,8 @@ int op_keepcaps(const struct op *op);
 int op_capset(const struct op *op);
 int op_cap_ambient(const struct op *op);
 int op_no_new_privs(const struct op *op);
+int op_set_dumpable(const struct op *op);
+int op_run_hook(const struct op *op);
 int op_seccomp(const struct op *op);
 int op_umask(const struct op *op);
 int op_join_keyring(const struct op *op);

@@ -33,7 +33,12 @@ enum create_kind { CREATE_NONE, CREATE_DIR, CREATE_FILE };
 static int openat2_path(int dirfd, const char *path, unsigned long long resolve)
 {
 	struct open_how how = {.flags = O_PATH | O_CLOEXEC, .mode = 0, .resolve = resolve};
-	return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+	int fd, tries = 0;
+	/* EAGAIN: a rename or mount raced a ".." lookup; the kernel asks us to retry. */
+	do
+		fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+	while (fd < 0 && errno == EAGAIN && ++tries < 32);
+	return fd;
 }
 
 /*

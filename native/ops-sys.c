@@ -117,8 +117,13 @@ int op_fifo_prepare(const struct op *op)
 	int dirfd = open(op->arg[0], O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dirfd < 0)
 		return fail(errno, "open fifo directory %s", op->arg[0]);
-	if (mkfifoat(dirfd, op->arg[1], 0622) < 0) {
-		int err = errno;
+	/* Exactly 0622, not filtered by umask: init may run as a non-root or
+	 * user-namespaced uid and must still be able to open it for writing. */
+	mode_t old = umask(0);
+	int r = mkfifoat(dirfd, op->arg[1], 0622);
+	int err = errno;
+	umask(old);
+	if (r < 0) {
 		close(dirfd);
 		return fail(err, "mkfifo %s/%s", op->arg[0], op->arg[1]);
 	}
@@ -171,7 +176,7 @@ int op_setrlimit(const struct op *op)
 {
 	unsigned resource = (unsigned)op->num[0];
 	struct rlimit lim = {(rlim_t)op->num[1], (rlim_t)op->num[2]};
-	if (setrlimit((__rlimit_resource_t)resource, &lim) < 0) {
+	if (setrlimit((int)resource, &lim) < 0) {
 		char name[32];
 		if (resource < sizeof rlimit_names / sizeof rlimit_names[0])
 			snprintf(name, sizeof name, "%s", rlimit_names[resource]);
@@ -184,8 +189,17 @@ int op_setrlimit(const struct op *op)
 
 int op_chdir(const struct op *op)
 {
+	char cwd[PATH_MAX];
 	if (chdir(op->arg[0]) < 0)
 		return fail(errno, "chdir %s", op->arg[0]);
+	/* A cwd of /proc/self/fd/N through a runtime fd still open here lands
+	 * outside the container's root (CVE-2024-21626); the kernel then
+	 * reports it as "(unreachable)/..." instead of an absolute path. */
+	if (syscall(SYS_getcwd, cwd, sizeof cwd) < 0)
+		return fail(errno, "chdir %s: getcwd", op->arg[0]);
+	if (cwd[0] != '/')
+		return failx(EPERM, "chdir %s: the working directory %s is outside the container's root",
+			     op->arg[0], cwd);
 	return 0;
 }
 
@@ -332,12 +346,21 @@ int op_cap_ambient(const struct op *op)
 	uint64_t mask = op->num[0];
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
 		return fail(errno, "clear the ambient capability set");
+	/* The kernel raises an ambient capability only if it is also permitted
+	 * and inheritable. runc's default spec lists ambient capabilities that
+	 * are not inheritable and runc skips them; so do we, and say so. */
+	int skipped = 0;
 	for (int cap = 0; cap < 64; cap++) {
 		if (!(mask & (1ULL << cap)))
 			continue;
-		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
-			return fail(errno, "raise ambient capability %s", cap_name(cap));
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0) {
+			if (errno != EPERM)
+				return fail(errno, "raise ambient capability %s", cap_name(cap));
+			skipped++;
+		}
 	}
+	if (skipped)
+		set_detail("%d not raised (not permitted+inheritable)", skipped);
 	return 0;
 }
 

@@ -63,5 +63,8 @@
 #define OP_REPORT_READY 53
 #define OP_EXEC_LOOKUP 54
 #define OP_EXEC 55
+#define OP_SET_DUMPABLE 56
+#define OP_SYNC 57
+#define OP_RUN_HOOK 58
 
 #endif

@@ -143,30 +143,6 @@ export function detectCgroupLayout(opts: DetectOptions = {}): CgroupLayout {
 }
 
 /**
- * The name a v1 controller has on cgroup v2, where one exists: blkio became
- * io, cpuacct's accounting moved into cpu. Controllers without a v2 twin
- * (devices, freezer, net_cls, net_prio, perf_event) map to undefined.
- */
-export function v2NameOf(v1Controller: string): string | undefined {
-  switch (v1Controller) {
-    case "blkio":
-      return "io";
-    case "cpuacct":
-      return "cpu";
-    case "cpu":
-    case "cpuset":
-    case "memory":
-    case "pids":
-    case "hugetlb":
-    case "rdma":
-    case "misc":
-      return v1Controller;
-    default:
-      return undefined;
-  }
-}
-
-/**
  * The v2 controllers the unified hierarchy should drive. Pure v2: all of
  * them. Hybrid: only those that no v1 hierarchy already drives (a controller
  * can be attached to one hierarchy at a time, so on this kind of host that is

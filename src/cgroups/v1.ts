@@ -31,7 +31,9 @@ export function prepareV1Cpuset(io: ControlFiles, mountpoint: string, dir: strin
   let parent = mountpoint;
   for (const level of levels) {
     for (const file of ["cpuset.cpus", "cpuset.mems"]) {
-      if ((io.read(level, file) ?? "").trim() !== "") continue;
+      // A missing file (a noprefix mount names them "cpus"/"mems") is left to
+      // fail loudly at addProcess rather than guessed at here.
+      if (!io.has(level, file) || (io.read(level, file) ?? "").trim() !== "") continue;
       const inherited = (io.read(parent, file) ?? "").trim();
       if (inherited !== "") io.write(level, file, inherited, `linux.cgroupsPath (${file} copied from ${relative(mountpoint, parent) || "root"})`);
     }

@@ -54,6 +54,7 @@ const VERBS: Record<string, VerbLoader> = {
   ps: () => import("./verbs/ps.ts"),
   events: () => import("./verbs/events.ts"),
   update: () => import("./verbs/update.ts"),
+  exec: () => import("./verbs/exec.ts"),
 };
 
 function defaultRoot(): string {

@@ -8,13 +8,16 @@ import type { Spec } from "../spec/types.ts";
 import { loadSpec } from "../spec/load.ts";
 import { assertValidSpec } from "../spec/validate.ts";
 import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
-import { openCgroupManager, reopenCgroupManager, type CgroupManager } from "../cgroups/index.ts";
+import { openCgroupManager, reopenCgroupManager, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
+import type { LinuxDeviceCgroup, LinuxResources } from "../spec/types.ts";
 import { StateStore, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { ContainerError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import { runExecutor, type ExecutorRun } from "./executor.ts";
 import { Tracer } from "./trace.ts";
+import { compileContainerSeccomp } from "./seccomp.ts";
+import { runHooks, runHooksLoggingFailures } from "../hooks/run.ts";
 
 export interface RuntimeContext {
   store: StateStore;
@@ -78,6 +81,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       foreground: opts.foreground,
       containerId: id,
       cgroupMounts: cgroupMountSources(cgroup),
+      seccomp: await compileContainerSeccomp(spec, ctx),
       isDirectory: (p) => {
         try {
           return statSync(p).isDirectory();
@@ -100,11 +104,21 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
         record.pidStartTime = readProcStat(pid)?.startTime ?? "";
         ctx.store.write(record);
         manager.create();
+        record.cgroup = manager.toJSON();
+        ctx.store.write(record);
         ctx.tracer.runtime(`cgroup create ${Object.values(manager.paths)[0] ?? ""}`, "linux.cgroupsPath");
         manager.addProcess(pid);
         ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
-        manager.applyResources(spec.linux?.resources);
+        manager.applyResources(effectiveResources(spec));
         if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
+      },
+      onSync: async () => {
+        const state = hookState(record, "creating");
+        for (const kind of ["prestart", "createRuntime", "createContainer"] as const) {
+          await runHooks(kind, spec.hooks?.[kind], state);
+          if (spec.hooks?.[kind]?.length) ctx.tracer.runtime(`ran ${spec.hooks[kind]!.length} ${kind} hook(s)`, `hooks.${kind}`);
+        }
+        return JSON.stringify(hookState(record, "created"));
       },
     });
     record.phase = "created";
@@ -137,17 +151,37 @@ async function cleanupFailedCreate(ctx: RuntimeContext, id: string, pid: number,
   ctx.store.remove(id);
 }
 
+/**
+ * The spec's resources plus the device access every container needs: the
+ * nodes in linux.devices and runc's default set (null, zero, full, random,
+ * urandom, tty, ptmx, pts), appended after the spec's own rules as runc does.
+ */
+export function effectiveResources(spec: Spec): LinuxResources | undefined {
+  const resources = spec.linux?.resources;
+  if (!resources?.devices) return resources;
+  // "u" (unbuffered char) and "p" (fifo): the devices cgroup knows c and b only; a fifo needs no rule.
+  const fromDevices: LinuxDeviceCgroup[] = (spec.linux?.devices ?? [])
+    .filter((d) => d.type !== "p")
+    .map((d) => ({ allow: true, type: d.type === "b" ? "b" : "c", major: d.major, minor: d.minor, access: "rwm" }));
+  return { ...resources, devices: [...resources.devices, ...fromDevices, ...DEFAULT_ALLOWED_DEVICE_RULES] };
+}
+
 /** What each `cgroup` mount in the container shows, from the container's own cgroup paths. */
 function cgroupMountSources(cgroup: CgroupManager): CgroupMountSource[] {
-  const sources: CgroupMountSource[] = [];
+  // Co-mounted controllers (cpu,cpuacct) share one hierarchy: one mount for all of them.
+  const byHierarchy = new Map<string, string[]>();
   for (const [controller, hostPath] of Object.entries(cgroup.paths)) {
-    if (controller === "unified") {
-      if (Object.keys(cgroup.paths).length === 1) sources.push({ dirName: "", fstype: "cgroup2", data: "", hostPath });
+    byHierarchy.set(hostPath, [...(byHierarchy.get(hostPath) ?? []), controller]);
+  }
+  const sources: CgroupMountSource[] = [];
+  for (const [hostPath, controllers] of byHierarchy) {
+    if (controllers.includes("unified")) {
+      if (byHierarchy.size === 1) sources.push({ dirName: "", fstype: "cgroup2", data: "", hostPath });
       continue;
     }
-    const name = controller.startsWith("name=") ? controller.slice(5) : controller;
-    const data = controller.startsWith("name=") ? `none,${controller}` : controller;
-    sources.push({ dirName: name, fstype: "cgroup", data, hostPath });
+    const named = controllers.find((c) => c.startsWith("name="));
+    const dirName = named ? named.slice(5) : controllers.sort().join(",");
+    sources.push({ dirName, fstype: "cgroup", data: named ? `none,${named}` : controllers.join(","), hostPath });
   }
   return sources;
 }
@@ -208,6 +242,10 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
     }
     unlinkSync(fifo);
     ctx.tracer.runtime(`open ${fifo}: init released to exec`, "start");
+    if (record.spec.hooks?.poststart?.length) {
+      await runHooksLoggingFailures("poststart", record.spec.hooks.poststart, hookState(record, "running"), (m) => ctx.log.warn(m));
+      ctx.tracer.runtime(`ran ${record.spec.hooks.poststart.length} poststart hook(s)`, "hooks.poststart");
+    }
     return record;
   } finally {
     lock.release();
@@ -278,6 +316,9 @@ export async function destroyContainer(ctx: RuntimeContext, record: ContainerRec
     cgroup.destroy();
     ctx.tracer.runtime("cgroup remove", "linux.cgroupsPath");
   }
+  if (record.spec.hooks?.poststop?.length && record.phase === "created") {
+    await runHooksLoggingFailures("poststop", record.spec.hooks.poststop, hookState(record, "stopped"), (m) => ctx.log.warn(m));
+  }
   ctx.store.remove(record.id);
 }
 
@@ -290,6 +331,11 @@ export async function waitForExit(pid: number, startTime: string | undefined, ti
     if (Date.now() > deadline) return false;
     await Bun.sleep(2);
   }
+}
+
+/** The state document hooks read on stdin (runtime-spec runtime.md "State"). */
+export function hookState(record: ContainerRecord, status: ContainerStatus): object {
+  return { ociVersion: record.ociVersion, id: record.id, status, pid: record.pid, bundle: record.bundle, annotations: record.annotations };
 }
 
 export function stateJson(ctx: RuntimeContext, record: ContainerRecord): object {

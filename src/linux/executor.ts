@@ -18,6 +18,8 @@ export interface ExecutorOptions {
   /** Called with the init pid before init is released; throwing aborts the create. */
   onPid: (pid: number) => void | Promise<void>;
   tracer: Tracer;
+  /** A "sync <name>" point in init: do the runtime's part, return the payload for "go <payload>". */
+  onSync?: (name: string) => Promise<string | undefined> | string | undefined;
   /** Give up if init is not ready by then (a hung mount, a wedged hook). */
   readyTimeoutMs?: number;
 }
@@ -80,6 +82,16 @@ export function runExecutor(ops: readonly PlanOp[], opts: ExecutorOptions): Prom
         try {
           await opts.onPid(initPid);
           sync.write("go\n");
+        } catch (e) {
+          sync.write("abort\n");
+          fail(e as Error);
+        }
+        return;
+      }
+      if (kind === "sync") {
+        try {
+          const payload = await opts.onSync?.(rest.join(" "));
+          sync.write(payload ? `go ${payload.replaceAll("\n", " ")}\n` : "go\n");
         } catch (e) {
           sync.write("abort\n");
           fail(e as Error);

@@ -4,7 +4,8 @@
  * Only lines the executor (or the runtime itself) reported are printed, so the
  * trace shows what happened, not what was intended.
  */
-import { OpName, Section, type PlanOp } from "../plan/ops.ts";
+import { OpCode, OpName, Section, type PlanOp } from "../plan/ops.ts";
+import { CLONE, MS } from "../plan/constants.ts";
 
 const WHERE: Record<number, string> = { [Section.Pre]: "stage0", [Section.Parent]: "parent", [Section.Init]: "init" };
 
@@ -13,6 +14,38 @@ function showArg(a: string | Uint8Array): string {
   if (a === "") return '""';
   if (a.length > 60) return JSON.stringify(a.slice(0, 57) + "...");
   return /[\s"]/.test(a) ? JSON.stringify(a) : a;
+}
+
+/** Show a flags word by name: a learner reads MS_BIND|MS_REC, not 20480. */
+function flagNames(value: string, table: Record<string, number>, prefix: string): string {
+  let rest = Number(value);
+  if (!Number.isInteger(rest) || rest === 0) return value;
+  const names: string[] = [];
+  for (const [name, bit] of Object.entries(table)) {
+    if ((rest & bit) === bit) {
+      names.push(prefix + name);
+      rest &= ~bit;
+    }
+  }
+  if (rest) names.push(`0x${rest.toString(16)}`);
+  return names.join("|");
+}
+
+/** Which argument of which op is a flags word. */
+const FLAG_ARGS: Partial<Record<number, [index: number, table: Record<string, number>, prefix: string]>> = {
+  [OpCode.CLONE]: [0, CLONE, "CLONE_"],
+  [OpCode.UNSHARE]: [0, CLONE, "CLONE_"],
+  [OpCode.MOUNT]: [3, MS, "MS_"],
+  [OpCode.MOUNT_IN_ROOT]: [4, MS, "MS_"],
+  [OpCode.REMOUNT_IN_ROOT]: [2, MS, "MS_"],
+};
+
+export function describeOp(op: PlanOp): string {
+  const args = op.args.map((a, i) => {
+    const flags = FLAG_ARGS[op.code];
+    return flags && flags[0] === i && typeof a === "string" ? flagNames(a, flags[1], flags[2]) : showArg(a);
+  });
+  return `${OpName[op.code]} ${args.join(" ")}`;
 }
 
 export class Tracer {
@@ -31,7 +64,7 @@ export class Tracer {
   /** An op the executor reported back. */
   op(op: PlanOp, result: string): void {
     if (!this.enabled) return;
-    const line = `${OpName[op.code]} ${op.args.map(showArg).join(" ")}`;
+    const line = describeOp(op);
     this.out(`${String(++this.n).padStart(3)} ${WHERE[op.section]!.padEnd(7)} ${line.padEnd(44)} <- ${op.source}  [${result}]`);
   }
 

@@ -4,7 +4,7 @@
  * container is visible here and golden-testable. Every op records the
  * config.json field (or CLI flag) that caused it; `--trace` prints that.
  */
-import type { LinuxDevice, Mount, Spec } from "../spec/types.ts";
+import type { Hook, LinuxDevice, Mount, Process, Spec } from "../spec/types.ts";
 import { capabilityNumber } from "../spec/capabilities.ts";
 import { rlimitNumber } from "../spec/rlimits.ts";
 import { CLONE, MS, NAMESPACES } from "./constants.ts";
@@ -39,6 +39,7 @@ export interface PlanInput {
   foreground: boolean;
   containerId: string;
   cgroupMounts: CgroupMountSource[];
+  seccomp?: CompiledSeccompFilter;
   /** Host fact: is this bind source a directory (else the target is created as a file)? */
   isDirectory: (hostPath: string) => boolean;
 }
@@ -61,7 +62,7 @@ const DEV_SYMLINKS: Array<[target: string, link: string]> = [
 
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-class PlanBuilder {
+export class PlanBuilder {
   readonly ops: PlanOp[] = [];
   add(section: Section, code: OpCode, args: (string | number | Uint8Array)[], source: string): void {
     this.ops.push({ code, section, source, args: args.map((a) => (typeof a === "number" ? String(a) : a)) });
@@ -156,6 +157,7 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
   // ---- Init: the container's first process ----
   b.init(OpCode.WAIT_RELEASE, [], "create");
   if (isNew("user")) {
+    b.init(OpCode.SET_DUMPABLE, [1], "linux.namespaces (user: /proc/self must belong to the container's root)");
     b.init(OpCode.SETRESGID, [0], "linux.namespaces (become root of the new user namespace)");
     b.init(OpCode.SETRESUID, [0], "linux.namespaces (become root of the new user namespace)");
   }
@@ -173,7 +175,14 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
   (spec.linux?.readonlyPaths ?? []).forEach((p, i) => b.init(OpCode.READONLY_PATH, [p], `linux.readonlyPaths[${i}]`));
   if (spec.root?.readonly) b.init(OpCode.REMOUNT_RO, ["/"], "root.readonly");
 
-  planProcess(b, input, terminal);
+  planProcess(b, process, {
+    terminal,
+    preserveFds: input.preserveFds,
+    waitForStart: true,
+    seccomp: input.seccomp,
+    verb: "create",
+    startContainerHooks: spec.hooks?.startContainer,
+  });
   return { ops: b.ops, cloneFlags, terminal, notes };
 }
 
@@ -196,6 +205,13 @@ function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, notes: st
     if (mounts.some((m) => m.destination === "/dev/pts")) b.init(OpCode.SYMLINK_IN_ROOT, [rootfs, "pts/ptmx", "/dev/ptmx"], "mounts (devpts: /dev/ptmx -> pts/ptmx)");
   }
 
+  const hooks = spec.hooks ?? {};
+  if (hooks.prestart?.length || hooks.createRuntime?.length || hooks.createContainer?.length || hooks.startContainer?.length) {
+    // The runtime runs these with the namespaces made and the rootfs mounted,
+    // before pivot_root (runc's point), and answers with the state JSON that
+    // startContainer hooks get on stdin.
+    b.init(OpCode.SYNC, ["hooks"], "hooks (prestart, createRuntime, createContainer)");
+  }
   if (input.noPivot) b.init(OpCode.CHROOT, [rootfs], "--no-pivot");
   else b.init(OpCode.PIVOT_ROOT, [rootfs], "root.path");
   if (propagationName && rootPropagation !== propagationFlag(propagationName)) {
@@ -297,14 +313,41 @@ function capabilityMask(names: readonly string[] | undefined): string {
   return mask.toString(16);
 }
 
-function planProcess(b: PlanBuilder, input: PlanInput, terminal: ContainerPlan["terminal"]): void {
-  const process = input.spec.process!;
+export interface ProcessPlanOptions {
+  terminal: ContainerPlan["terminal"];
+  preserveFds: number;
+  /** create: report ready, then wait on the exec fifo for `start`; exec: go straight on. */
+  waitForStart: boolean;
+  /** A compiled linux.seccomp filter (src/seccomp), if any. */
+  seccomp?: CompiledSeccompFilter;
+  /** Which verb the process setup belongs to, for the trace. */
+  verb: "create" | "exec";
+  /** hooks.startContainer: run in the container, after start, before the user's program. */
+  startContainerHooks?: Hook[];
+}
+
+export interface CompiledSeccompFilter {
+  flags: number;
+  program: Uint8Array;
+}
+
+/** The process part shared by create and exec: limits, terminal, credentials, caps, seccomp, cwd, exec. */
+export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanOptions): void {
   const user = process.user;
   const caps = process.capabilities;
+  const seccompSource = "linux.seccomp";
 
   if (process.oomScoreAdj !== undefined) b.init(OpCode.WRITE_PROC, ["/proc/self/oom_score_adj", process.oomScoreAdj], "process.oomScoreAdj");
-  (process.rlimits ?? []).forEach((r, i) => b.init(OpCode.SETRLIMIT, [rlimitNumber(r.type)!, r.soft, r.hard], `process.rlimits[${i}] (${r.type})`));
-  if (terminal !== "none") b.init(OpCode.SETUP_TERMINAL, [terminal, user.uid, user.gid], "process.terminal");
+  // JSON numbers lose precision above 2^53: Go's "unlimited" (2^64-1) arrives as 2^64.
+  const limit = (n: number) => (n >= 2 ** 63 ? "unlimited" : n);
+  (process.rlimits ?? []).forEach((r, i) =>
+    b.init(OpCode.SETRLIMIT, [rlimitNumber(r.type)!, limit(r.soft), limit(r.hard)], `process.rlimits[${i}] (${r.type})`),
+  );
+  if (opts.terminal !== "none") b.init(OpCode.SETUP_TERMINAL, [opts.terminal, user.uid, user.gid], "process.terminal");
+
+  // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before
+  // the capabilities go (runc's order). With it, as late as possible.
+  if (opts.seccomp && !process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
 
   // Capabilities: shrink the bounding set while still root, keep the permitted
   // set across setuid, then set the final sets (runc's order).
@@ -320,15 +363,21 @@ function planProcess(b: PlanBuilder, input: PlanInput, terminal: ContainerPlan["
     "process.capabilities",
   );
   b.init(OpCode.CAP_AMBIENT, [capabilityMask(caps?.ambient)], "process.capabilities.ambient");
-  b.init(OpCode.UMASK, [(user.umask ?? 0o022).toString(8)], user.umask !== undefined ? "process.user.umask" : "create (default umask 0022)");
+  b.init(OpCode.UMASK, [(user.umask ?? 0o022).toString(8)], user.umask !== undefined ? "process.user.umask" : `${opts.verb} (default umask 0022)`);
   b.init(OpCode.CHDIR, [process.cwd], "process.cwd");
   if (process.noNewPrivileges) b.init(OpCode.NO_NEW_PRIVS, [], "process.noNewPrivileges");
-  b.init(OpCode.CLOSE_FDS, [input.preserveFds], input.preserveFds ? "--preserve-fds" : "create (no runtime fd may reach the container)");
+  b.init(OpCode.CLOSE_FDS, [opts.preserveFds], opts.preserveFds ? "--preserve-fds" : `${opts.verb} (no runtime fd may reach the container)`);
   const env = process.env ?? [];
   const pathEnv = env.findLast((e) => e.startsWith("PATH="))?.slice(5) ?? DEFAULT_PATH;
   const args = process.args ?? [];
   b.init(OpCode.EXEC_LOOKUP, [args[0] ?? "", pathEnv], "process.args[0]");
-  b.init(OpCode.REPORT_READY, [], "create (init is ready)");
-  b.init(OpCode.WAIT_FIFO, [], "start (blocks until `start`)");
+  b.init(OpCode.REPORT_READY, [], `${opts.verb} (process is ready)`);
+  if (opts.waitForStart) b.init(OpCode.WAIT_FIFO, [], "start (blocks until `start`)");
+  (opts.startContainerHooks ?? []).forEach((hook, i) => {
+    const argv = hook.args?.length ? hook.args : [hook.path];
+    // stdin "": the state the runtime sent at the "hooks" sync point.
+    b.init(OpCode.RUN_HOOK, [hook.path, hook.timeout ?? 0, "", argv.length, ...argv, ...(hook.env ?? [])], `hooks.startContainer[${i}]`);
+  });
+  if (opts.seccomp && process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
   b.init(OpCode.EXEC, [args.length, ...args, ...env], "process.args, process.env");
 }

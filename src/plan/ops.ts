@@ -157,6 +157,21 @@ export const OpCode = {
   EXEC_LOOKUP: 54,
   /** EXEC(argc, argv..., env...): execve(looked-up path, argv, env). If it fails, print to stderr and exit 127. */
   EXEC: 55,
+  /**
+   * SET_DUMPABLE(0|1): prctl(PR_SET_DUMPABLE). nk-exec starts non-dumpable so
+   * a container process cannot reach the host binary through /proc/<pid>/exe
+   * (CVE-2019-5736); in a new user namespace init turns it back on, or its own
+   * /proc/self files would belong to the host's root.
+   */
+  SET_DUMPABLE: 56,
+  /** SYNC(name): write "sync <name>\n" and wait for "go" (the runtime runs hooks there). */
+  SYNC: 57,
+  /**
+   * RUN_HOOK(path, timeoutSecs, stdin, argc, argv..., env...): fork+execve a
+   * hook in the current namespaces with stdin as its input; wait for it
+   * (SIGKILL at the timeout, 0 = none); a non-zero exit is an error.
+   */
+  RUN_HOOK: 58,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
 

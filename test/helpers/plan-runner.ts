@@ -6,6 +6,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import type { Duplex } from "node:stream";
 import { encodePlan, type OpCode, type PlanOp, type Section } from "../../src/plan/ops.ts";
 
 export const REPO_ROOT = resolve(import.meta.dir, "../..");
@@ -44,6 +45,8 @@ export interface RunOptions {
   /** Extra inherited pipes at fd 4 and up, which the executor knows nothing about. */
   extraFds?: number;
   timeoutMs?: number;
+  /** The container outlives the executor (EXIT) and keeps its stdio open: finish when the executor exits. */
+  detached?: boolean;
 }
 
 const CLEANUP_SIGNAL = "SIGKILL";
@@ -58,7 +61,7 @@ export function runPlan(plan: readonly PlanOp[] | Uint8Array, options: RunOption
   const stdio: ("pipe" | "ignore")[] = ["pipe", "pipe", "pipe", "pipe"];
   for (let i = 0; i < (options.extraFds ?? 0); i++) stdio.push("pipe");
   const child = spawn(NK_EXEC, ["3"], { stdio });
-  const sync = child.stdio[3] as NodeJS.ReadWriteStream & { destroy(): void };
+  const sync = child.stdio[3] as Duplex; // a unix socket pair, like a Node IPC pipe
   const result: PlanRun = { lines: [], stdout: "", stderr: "", exitCode: null, signal: null };
 
   return new Promise<PlanRun>((resolvePromise, reject) => {
@@ -66,7 +69,7 @@ export function runPlan(plan: readonly PlanOp[] | Uint8Array, options: RunOption
       if (result.childPid) tryKill(result.childPid);
       child.kill(CLEANUP_SIGNAL);
       reject(new Error(`nk-exec timed out; lines so far: ${JSON.stringify(result.lines)}`));
-    }, options.timeoutMs ?? 10_000);
+    }, options.timeoutMs ?? 4_000); // below bun test's 5 s default, so this cleanup runs first
 
     let pending = "";
     sync.on("data", (chunk: Buffer) => {
@@ -91,7 +94,7 @@ export function runPlan(plan: readonly PlanOp[] | Uint8Array, options: RunOption
       clearTimeout(timer);
       reject(e);
     });
-    child.on("close", (code, signal) => {
+    child.on(options.detached ? "exit" : "close", (code, signal) => {
       clearTimeout(timer);
       result.exitCode = code;
       result.signal = signal;
@@ -121,7 +124,7 @@ export function lineOf(run: PlanRun, index: number): string | undefined {
   return run.lines.find((l) => l.startsWith(`ok ${index} `) || l.startsWith(`err ${index} `));
 }
 
-const BUSYBOX_APPLETS = ["sh", "cat", "ls", "hostname", "echo", "id", "stat", "sleep", "kill", "ulimit", "grep", "readlink", "test"];
+const BUSYBOX_APPLETS = ["sh", "cat", "ls", "hostname", "echo", "id", "stat", "sleep", "kill", "ulimit", "grep", "readlink", "test", "wc"];
 
 export interface TestRootfs {
   /** Temp dir holding the rootfs and anything else a test needs (fifo). */

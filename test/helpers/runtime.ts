@@ -188,7 +188,7 @@ export function rt(args: string[], opts: RtOptions = {}): RtResult {
 
 let scratchDir: string | null = null;
 function mkdtempScratch(): string {
-  if (scratchDir === null) {
+  if (scratchDir === null || !existsSync(scratchDir)) {
     scratchDir = mkdtempSync(join(tmpdir(), "nkt-out-"));
     tempDirs.add(scratchDir);
   }
@@ -196,7 +196,12 @@ function mkdtempScratch(): string {
 }
 
 function readFrom(path: string, offset: number): string {
-  const buf = readFileSync(path);
+  let buf: Buffer;
+  try {
+    buf = readFileSync(path);
+  } catch {
+    return ""; // removed behind our back (someone cleaning /tmp): report no output rather than crash
+  }
   return buf.subarray(offset).toString("utf8");
 }
 
@@ -378,13 +383,26 @@ function pidsOnHost(): number[] {
     .map(Number);
 }
 
-/** Host pids whose /proc/<pid>/cgroup mentions the container id. */
+/** True if the process is a zombie (exited, waiting for its parent to reap it). */
+function isZombie(pid: number): boolean {
+  try {
+    return /\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Live host pids whose /proc/<pid>/cgroup mentions the container id. Zombies
+ * are left out: a detached container's init is reparented to the host's init,
+ * which may take a while to reap it, and a zombie holds nothing but its pid.
+ */
 export function pidsInContainerCgroups(id: string): number[] {
   const found: number[] = [];
   if (!isPlainId(id)) return found;
   for (const pid of pidsOnHost()) {
     try {
-      if (readFileSync(`/proc/${pid}/cgroup`, "utf8").includes(`/${id}`)) found.push(pid);
+      if (readFileSync(`/proc/${pid}/cgroup`, "utf8").includes(`/${id}`) && !isZombie(pid)) found.push(pid);
     } catch {
       /* exited meanwhile */
     }

@@ -216,3 +216,11 @@ describe("mount options", () => {
     expect(b.bindRemountFlags).toBe(MS.RDONLY | MS.NODEV);
   });
 });
+
+describe("trace formatting", () => {
+  test("flags are shown by name", async () => {
+    const { describeOp } = await import("../../src/linux/trace.ts");
+    expect(describeOp({ code: OpCode.CLONE, section: Section.Pre, args: [String(CLONE.NEWPID | CLONE.NEWNS)], source: "x" })).toBe("CLONE CLONE_NEWNS|CLONE_NEWPID");
+    expect(describeOp({ code: OpCode.MOUNT, section: Section.Init, args: ["/a", "/a", "", String(MS.BIND | MS.REC), ""], source: "x" })).toBe('MOUNT /a /a "" MS_BIND|MS_REC ""');
+  });
+});

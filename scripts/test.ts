@@ -1,0 +1,109 @@
+/**
+ * `npm test`: build if needed, then `bun test` over test/unit, test/integration
+ * and test/e2e (each directory that has test files, in that order, one Bun
+ * process each), echoing their output, and finish with one plain line:
+ *
+ *   N passed, N failed, N skipped
+ *
+ * Exits non-zero if any run failed. Extra arguments go to every `bun test`
+ * (e.g. `npm test -- -t lifecycle`). NK_TEST_RUNTIME picks the runtime the
+ * integration suites drive (default bin/nk-runtime).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { repoRoot } from "../test/helpers/rootfs.ts";
+import { removeTestCgroupParents } from "../test/helpers/runtime.ts";
+
+const SUITES = ["test/unit", "test/integration", "test/e2e"];
+const PER_TEST_TIMEOUT_MS = 60_000;
+
+interface Counts {
+  passed: number;
+  failed: number;
+  skipped: number;
+}
+
+function hasTestFiles(dir: string): boolean {
+  if (!existsSync(dir)) return false;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory() && hasTestFiles(join(dir, entry.name))) return true;
+    if (entry.isFile() && /\.test\.[cm]?[jt]sx?$/.test(entry.name)) return true;
+  }
+  return false;
+}
+
+function buildIfNeeded(root: string): void {
+  if (existsSync(join(root, "native", "build", "nk-exec")) && existsSync(join(root, "dist"))) return;
+  console.log("native/build/nk-exec or dist/ missing: running npm run build");
+  const r = spawnSync("npm", ["run", "build"], { cwd: root, stdio: "inherit" });
+  if (r.status !== 0) {
+    console.error("npm run build failed");
+    process.exit(1);
+  }
+}
+
+/** Sum bun's closing " N pass / N fail / N skip" lines. */
+export function parseBunSummary(output: string): Counts & { found: boolean } {
+  const grab = (word: string): number | null => {
+    const m = new RegExp(`^\\s*(\\d+) ${word}\\s*$`, "m").exec(output);
+    return m ? Number(m[1]) : null;
+  };
+  const pass = grab("pass");
+  const fail = grab("fail");
+  const skip = grab("skip");
+  const todo = grab("todo");
+  return {
+    passed: pass ?? 0,
+    failed: fail ?? 0,
+    skipped: (skip ?? 0) + (todo ?? 0),
+    found: pass !== null || fail !== null,
+  };
+}
+
+function runSuite(root: string, dir: string, extra: string[]): Promise<{ code: number; output: string }> {
+  const bun = process.execPath;
+  const args = ["test", `--timeout=${PER_TEST_TIMEOUT_MS}`, `./${dir}`, ...extra];
+  console.log(`\n=== bun ${args.join(" ")}`);
+  return new Promise((resolve) => {
+    const child = spawn(bun, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => {
+      output += chunk.toString();
+      process.stdout.write(chunk);
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      output += chunk.toString();
+      process.stderr.write(chunk);
+    });
+    child.on("close", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), output }));
+  });
+}
+
+async function main(): Promise<number> {
+  const root = repoRoot();
+  const extra = process.argv.slice(2);
+  buildIfNeeded(root);
+  const total: Counts = { passed: 0, failed: 0, skipped: 0 };
+  let anyFailure = false;
+  for (const dir of SUITES) {
+    if (!hasTestFiles(join(root, dir))) continue;
+    const { code, output } = await runSuite(root, dir, extra);
+    const counts = parseBunSummary(output);
+    total.passed += counts.passed;
+    total.failed += counts.failed;
+    total.skipped += counts.skipped;
+    if (code !== 0 || !counts.found) {
+      anyFailure = true;
+      // A crash before bun's summary still counts as a failure in the closing line.
+      if (counts.failed === 0) total.failed += 1;
+      console.error(`bun test ./${dir} exited with ${code}${counts.found ? "" : " without a summary"}`);
+    }
+  }
+  // Only between runs is this safe: a running test may be creating a child there.
+  if (process.getuid?.() === 0) removeTestCgroupParents();
+  console.log(`\n${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
+  return anyFailure || total.failed > 0 ? 1 : 0;
+}
+
+if (import.meta.main) process.exit(await main());

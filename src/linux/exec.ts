@@ -1,0 +1,49 @@
+/** `exec`: run another process inside a running container. */
+import { renameSync, writeFileSync } from "node:fs";
+import type { Process } from "../spec/types.ts";
+import { buildExecPlan } from "../plan/exec-plan.ts";
+import { validateContainerId } from "../state/store.ts";
+import { ContainerError } from "../util/errors.ts";
+import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
+import { runExecutor, type ExecutorRun } from "./executor.ts";
+import { compileContainerSeccomp } from "./seccomp.ts";
+
+export interface ExecOptions {
+  process: Process;
+  consoleSocket?: string;
+  pidFile?: string;
+  preserveFds: number;
+  detach: boolean;
+  ignorePaused: boolean;
+}
+
+export async function execInContainer(ctx: RuntimeContext, id: string, opts: ExecOptions): Promise<ExecutorRun> {
+  const record = ctx.store.read(validateContainerId(id));
+  const status = containerStatus(ctx, record);
+  if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `cannot exec in a stopped container: ${id}`);
+  if (status === "paused" && !opts.ignorePaused) throw new ContainerError("container-paused", `cannot exec in a paused container: ${id} (resume it first)`);
+  const plan = buildExecPlan({
+    process: opts.process,
+    initPid: record.pid,
+    namespaces: record.spec.linux?.namespaces ?? [],
+    consoleSocket: opts.consoleSocket,
+    preserveFds: opts.preserveFds,
+    foreground: !opts.detach,
+    seccomp: await compileContainerSeccomp(record.spec, ctx),
+  });
+  const cgroup = reopenRecordCgroup(record);
+  const run = await runExecutor(plan.ops, {
+    preserveFds: opts.preserveFds,
+    tracer: ctx.tracer,
+    onPid: (pid) => {
+      cgroup?.addProcess(pid);
+      ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
+    },
+  });
+  if (opts.pidFile) {
+    const temp = `${opts.pidFile}.${process.pid}.tmp`;
+    writeFileSync(temp, String(run.initPid));
+    renameSync(temp, opts.pidFile);
+  }
+  return run;
+}
