@@ -215,8 +215,8 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
   try {
     const record = ctx.store.read(id);
     const status = containerStatus(ctx, record);
-    if (status === "stopped") throw new ContainerError("container-stopped", "cannot start a container that has stopped");
-    if (status !== "created") throw new ContainerError("container-not-created", `cannot start an already ${status} container`);
+    if (status === "stopped") throw new ContainerError("container-stopped", `cannot start container ${id}: it has stopped`);
+    if (status !== "created") throw new ContainerError("container-not-created", `cannot start container ${id}: it is already ${status}`);
     const fifo = ctx.store.fifoPath(id);
     const fd = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
     try {
@@ -256,7 +256,7 @@ export function killContainer(ctx: RuntimeContext, id: string, signal: number, a
   validateContainerId(id);
   const record = ctx.store.read(id);
   const status = containerStatus(ctx, record);
-  if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", "container not running");
+  if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `container ${id} is not running (${status})`);
   if (all) {
     const cgroup = reopenRecordCgroup(record);
     if (cgroup) {

@@ -21,7 +21,7 @@ export function pauseContainer(ctx: RuntimeContext, id: string): void {
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
     const status = containerStatus(ctx, record);
-    if (status !== "running" && status !== "created") throw new ContainerError("container-not-running", "container not running");
+    if (status !== "running" && status !== "created") throw new ContainerError("container-not-running", `container ${id} is not running (${status})`);
     cgroup.freeze();
   } finally {
     lock.release();
@@ -32,7 +32,7 @@ export function resumeContainer(ctx: RuntimeContext, id: string): void {
   const lock = ctx.store.lock(validateContainerId(id));
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
-    if (containerStatus(ctx, record) !== "paused") throw new ContainerError("container-not-paused", "container not paused");
+    if (containerStatus(ctx, record) !== "paused") throw new ContainerError("container-not-paused", `container ${id} is not paused`);
     cgroup.thaw();
   } finally {
     lock.release();

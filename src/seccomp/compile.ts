@@ -238,6 +238,9 @@ function resolveRules(syscalls: readonly LinuxSyscall[], path: string, notes: No
     }
     const conditions = (syscall.args ?? []).map((arg, j) => resolveCondition(arg, `${rulePath}.args[${j}]`));
     noteRepeatedIndexes(rulePath, conditions, notes);
+    syscall.names.forEach((name, j) => {
+      if (!isKnownSyscall(name)) notes.add(`${rulePath}.names[${j}]: unknown syscall ${JSON.stringify(name)} skipped`);
+    });
     return { action: syscall.action, names: syscall.names, verdict, conditions, path: rulePath };
   });
 }
@@ -297,25 +300,22 @@ function planAbi(abi: SyscallAbi, rules: readonly ProfileRule[], defaultVerdict:
   for (const rule of rules) {
     const sameAsDefault = rule.verdict === defaultVerdict;
     if (sameAsDefault) notes.add(`${rule.path}: same verdict as defaultAction; skipped`);
-    rule.names.forEach((name, i) => {
-      if (!isKnownSyscall(name)) {
-        notes.add(`${rule.path}.names[${i}]: unknown syscall ${JSON.stringify(name)} skipped`);
-        return;
-      }
+    for (const name of rule.names) {
       const nr = syscallNumber(abi, name);
-      if (nr === undefined) return;
+      // Absent on this ABI (or on all: resolveRules noted those).
+      if (nr === undefined) continue;
       // runc's stub counts every name in the profile, whatever its action.
       if (highest === undefined || nr > highest) highest = nr;
-      if (sameAsDefault) return;
+      if (sameAsDefault) continue;
       const list = byNumber.get(nr) ?? [];
-      if (list.includes(rule)) return;
+      if (list.includes(rule)) continue;
       if (list.length > 0 && list[list.length - 1]?.conditions.length === 0) {
         notes.add(`${rule.path}: never reached for ${JSON.stringify(name)}: an earlier rule matches it unconditionally`);
-        return;
+        continue;
       }
       list.push(rule);
       byNumber.set(nr, list);
-    });
+    }
   }
   if (abi.argBits === 32) {
     for (const rule of rules) if (rule.verdict !== defaultVerdict) noteTruncatedValues(rule, abi, notes);

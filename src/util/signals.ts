@@ -14,11 +14,14 @@ export function signalNumber(name: string): number | undefined {
   return SIGNAL_NUMBERS[name];
 }
 
-/** "9", "KILL", "SIGKILL", "kill", "RTMIN+3" -> number; undefined when not a signal. */
+/**
+ * "9", "KILL", "SIGKILL", "kill", "RTMIN+3" -> number; undefined when not a
+ * signal. "0" is accepted (as runc does): it probes that the process exists.
+ */
 export function parseSignal(text: string): number | undefined {
   if (/^\d+$/.test(text)) {
     const n = Number(text);
-    return n >= 1 && n <= SIGRTMAX ? n : undefined;
+    return n >= 0 && n <= SIGRTMAX ? n : undefined;
   }
   const upper = text.toUpperCase();
   const name = upper.startsWith("SIG") ? upper : `SIG${upper}`;
