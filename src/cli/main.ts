@@ -6,6 +6,7 @@
 import { parseFlags, formatFlagHelp, type FlagSpec, type FlagValues } from "./args.ts";
 import { NanoKataError, UsageError } from "../util/errors.ts";
 import { Logger, type LogFormat } from "../util/log.ts";
+import { writeStdout } from "../util/output.ts";
 
 export const VERSION = "0.1.0";
 export const SPEC_VERSION = "1.2.0";
@@ -84,12 +85,12 @@ export async function main(argv: string[]): Promise<number> {
     if (format !== "text" && format !== "json") throw new UsageError(`invalid log format ${JSON.stringify(format)}: expected text or json`);
     log = new Logger(g.log as string | undefined, format as LogFormat, Boolean(g.debug));
     if (g.version) {
-      process.stdout.write(`nk-runtime version ${VERSION}\nspec: ${SPEC_VERSION}\nbun: ${Bun.version}\n`);
+      writeStdout(`nk-runtime version ${VERSION}\nspec: ${SPEC_VERSION}\nbun: ${Bun.version}\n`);
       return 0;
     }
     const [verbName, ...rest] = positionals;
     if (!verbName || g.help) {
-      process.stdout.write(await mainHelp());
+      writeStdout(await mainHelp());
       return verbName || g.help ? 0 : 1;
     }
     const load = VERBS[verbName];
@@ -99,7 +100,7 @@ export async function main(argv: string[]): Promise<number> {
       stopAtPositional: false,
     });
     if (flags.help) {
-      process.stdout.write(`usage: nk-runtime ${verbName} ${verb.usage}\n\n${verb.summary}\n\noptions:\n${formatFlagHelp(verb.flags)}\n`);
+      writeStdout(`usage: nk-runtime ${verbName} ${verb.usage}\n\n${verb.summary}\n\noptions:\n${formatFlagHelp(verb.flags)}\n`);
       return 0;
     }
     if (g["systemd-cgroup"]) {

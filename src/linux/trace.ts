@@ -6,6 +6,7 @@
  */
 import { OpCode, OpName, Section, type PlanOp } from "../plan/ops.ts";
 import { CLONE, MS } from "../plan/constants.ts";
+import { writeStderr } from "../util/output.ts";
 
 const WHERE: Record<number, string> = { [Section.Pre]: "stage0", [Section.Parent]: "parent", [Section.Init]: "init" };
 
@@ -52,7 +53,7 @@ export class Tracer {
   private n = 0;
   constructor(
     readonly enabled: boolean,
-    private readonly out: (line: string) => void = (l) => process.stderr.write(l + "\n"),
+    private readonly out: (line: string) => void = (l) => writeStderr(l + "\n"),
   ) {}
 
   /** A step the TypeScript side performed itself (cgroups, state, hooks). */

@@ -5,6 +5,7 @@
  * Errors always also go to stderr, which is where a person looks first.
  */
 import { appendFileSync } from "node:fs";
+import { writeStderr } from "./output.ts";
 
 export type LogFormat = "text" | "json";
 export type LogLevel = "debug" | "info" | "warning" | "error";
@@ -28,7 +29,7 @@ export class Logger {
   /** Error lines go to the log file and to stderr. */
   error(msg: string): void {
     this.write("error", msg);
-    if (this.file) process.stderr.write(`nk-runtime: ${msg}\n`);
+    if (this.file) writeStderr(`nk-runtime: ${msg}\n`);
   }
 
   private write(level: LogLevel, msg: string): void {
@@ -40,13 +41,13 @@ export class Logger {
     if (!this.file) {
       // Without --log, only warnings and errors reach stderr (debug too with --debug).
       if (level === "info") return;
-      process.stderr.write(this.format === "json" ? line : `nk-runtime: ${level === "error" ? "" : level + ": "}${msg}\n`);
+      writeStderr(this.format === "json" ? line : `nk-runtime: ${level === "error" ? "" : level + ": "}${msg}\n`);
       return;
     }
     try {
       appendFileSync(this.file, line);
     } catch {
-      process.stderr.write(`nk-runtime: ${msg}\n`);
+      writeStderr(`nk-runtime: ${msg}\n`);
     }
   }
 }

@@ -88,6 +88,18 @@ describe("verdicts", () => {
     expect(verdict(withoutStub, { name: "clone3" })).toBe(v(errno(13)));
   });
 
+  test("the -ENOSYS stub follows runc: only for defaults that block", () => {
+    const withDefault = (defaultAction: LinuxSeccomp["defaultAction"], defaultErrnoRet?: number) =>
+      compileSeccomp(profile([{ names: ["getpid"], action: "SCMP_ACT_NOTIFY" }], { defaultAction, defaultErrnoRet, listenerPath: "/run/a.sock" }), X86_64);
+    const newer = { name: "mseal" };
+    expect(verdict(withDefault("SCMP_ACT_KILL_PROCESS"), newer)).toBe(v(errno(ENOSYS)));
+    expect(verdict(withDefault("SCMP_ACT_TRAP"), newer)).toBe(v(errno(ENOSYS)));
+    expect(verdict(withDefault("SCMP_ACT_LOG"), newer)).toBe("LOG");
+    expect(verdict(withDefault("SCMP_ACT_TRACE", 9), newer)).toBe(v((SECCOMP_RET.TRACE | 9) >>> 0));
+    // Below the highest named syscall the default still applies.
+    expect(verdict(withDefault("SCMP_ACT_KILL_PROCESS"), { name: "read" })).toBe("KILL_PROCESS");
+  });
+
   test("ERRNO without errnoRet means EPERM, as runtime-spec says", () => {
     const c = compileSeccomp(profile([{ names: ["mount"], action: "SCMP_ACT_ERRNO" }]), X86_64);
     expect(verdict(c, { name: "mount" })).toBe(v(errno(EPERM)));

@@ -141,8 +141,9 @@ describe("runtimeFeatures", () => {
     expect(features.linux.namespaces).toContain("user");
     expect(features.linux.capabilities).toHaveLength(41);
     expect(features.linux.cgroup).toMatchObject({ v1: true, v2: true, systemd: false, systemdUser: false });
-    expect(features.linux.seccomp.enabled).toBe(false);
+    expect(features.linux.seccomp.enabled).toBe(true);
     expect(features.linux.seccomp.actions).toContain("SCMP_ACT_ERRNO");
+    expect(features.linux.seccomp.actions).not.toContain("SCMP_ACT_NOTIFY");
     expect(features.linux.apparmor.enabled).toBe(false);
     expect(features.linux.selinux.enabled).toBe(false);
     expect(features.annotations["io.nanokata.version"]).toBe("0.1.0");

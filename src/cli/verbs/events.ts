@@ -2,6 +2,7 @@ import type { Verb } from "../main.ts";
 import { exactArgs, runtimeContext } from "../context.ts";
 import { containerStats, streamEvents } from "../../linux/operations.ts";
 import { parseDuration } from "../units.ts";
+import { writeStdout } from "../../util/output.ts";
 
 const events: Verb = {
   summary: "print container events: resource stats (once with --stats) and OOM notices",
@@ -14,11 +15,11 @@ const events: Verb = {
     exactArgs("events", args, 1);
     const ctx = runtimeContext(global);
     if (flags.stats) {
-      process.stdout.write(JSON.stringify(containerStats(ctx, args[0]!)) + "\n");
+      writeStdout(JSON.stringify(containerStats(ctx, args[0]!)) + "\n");
       return 0;
     }
     const interval = parseDuration((flags.interval as string | undefined) ?? "5s", "--interval");
-    await streamEvents(ctx, args[0]!, interval, (e) => process.stdout.write(JSON.stringify(e) + "\n"));
+    await streamEvents(ctx, args[0]!, interval, (e) => writeStdout(JSON.stringify(e) + "\n"));
     return 0;
   },
 };

@@ -2,6 +2,7 @@ import type { Verb } from "../main.ts";
 import { runtimeContext } from "../context.ts";
 import { stateJson } from "../../linux/container.ts";
 import { UsageError } from "../../util/errors.ts";
+import { writeStdout } from "../../util/output.ts";
 
 interface Row {
   id: string;
@@ -34,13 +35,13 @@ const list: Verb = {
       }
     }
     if (flags.quiet) {
-      for (const r of rows) process.stdout.write(`${r.id}\n`);
+      for (const r of rows) writeStdout(`${r.id}\n`);
     } else if (format === "json") {
-      process.stdout.write(JSON.stringify(rows) + "\n");
+      writeStdout(JSON.stringify(rows) + "\n");
     } else {
       const table = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"], ...rows.map((r) => [r.id, String(r.pid), r.status, r.bundle, r.created, r.owner || "root"])];
       const widths = table[0]!.map((_, c) => Math.max(...table.map((row) => row[c]!.length)));
-      for (const row of table) process.stdout.write(row.map((cell, c) => (c === row.length - 1 ? cell : cell.padEnd(widths[c]! + 3))).join("") + "\n");
+      for (const row of table) writeStdout(row.map((cell, c) => (c === row.length - 1 ? cell : cell.padEnd(widths[c]! + 3))).join("") + "\n");
     }
     return 0;
   },

@@ -3,6 +3,7 @@ import type { Verb } from "../main.ts";
 import { minArgs, runtimeContext } from "../context.ts";
 import { containerProcesses } from "../../linux/operations.ts";
 import { UsageError } from "../../util/errors.ts";
+import { writeStdout } from "../../util/output.ts";
 
 const ps: Verb = {
   summary: "list the processes of a container (pids as JSON, or a ps(1) table)",
@@ -13,7 +14,7 @@ const ps: Verb = {
     const format = (flags.format as string | undefined) ?? "table";
     const pids = containerProcesses(runtimeContext(global), args[0]!);
     if (format === "json") {
-      process.stdout.write(JSON.stringify(pids) + "\n");
+      writeStdout(JSON.stringify(pids) + "\n");
       return 0;
     }
     if (format !== "table") throw new UsageError(`invalid format option ${JSON.stringify(format)}: expected table or json`);
@@ -26,10 +27,10 @@ const ps: Verb = {
     const pidColumn = header.trim().split(/\s+/).indexOf("PID");
     if (pidColumn < 0) throw new UsageError(`ps output has no PID column (options: ${psArgs.join(" ")})`);
     const wanted = new Set(pids);
-    process.stdout.write(header + "\n");
+    writeStdout(header + "\n");
     for (const line of lines.slice(1)) {
       const pid = Number(line.trim().split(/\s+/)[pidColumn]);
-      if (wanted.has(pid)) process.stdout.write(line + "\n");
+      if (wanted.has(pid)) writeStdout(line + "\n");
     }
     return 0;
   },

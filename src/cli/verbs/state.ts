@@ -2,6 +2,7 @@ import type { Verb } from "../main.ts";
 import { exactArgs, runtimeContext } from "../context.ts";
 import { stateJson } from "../../linux/container.ts";
 import { validateContainerId } from "../../state/store.ts";
+import { writeStdout } from "../../util/output.ts";
 
 const state: Verb = {
   summary: "print a container's OCI state as JSON",
@@ -11,7 +12,7 @@ const state: Verb = {
     exactArgs("state", args, 1);
     const ctx = runtimeContext(global);
     const record = ctx.store.read(validateContainerId(args[0]));
-    process.stdout.write(JSON.stringify(stateJson(ctx, record), null, 2) + "\n");
+    writeStdout(JSON.stringify(stateJson(ctx, record), null, 2) + "\n");
     return 0;
   },
 };
