@@ -90,6 +90,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
         }
       },
     });
+    ctx.tracer.setRootfs(rootfs);
     for (const note of plan.notes) {
       ctx.log.warn(note);
       ctx.tracer.note(note);

@@ -41,9 +41,11 @@ const FLAG_ARGS: Partial<Record<number, [index: number, table: Record<string, nu
   [OpCode.REMOUNT_IN_ROOT]: [2, MS, "MS_"],
 };
 
-export function describeOp(op: PlanOp): string {
+/** `rootfs`, when given, is shown as <rootfs>: it is the first argument of most mount ops. */
+export function describeOp(op: PlanOp, rootfs?: string): string {
   const args = op.args.map((a, i) => {
     const flags = FLAG_ARGS[op.code];
+    if (rootfs && a === rootfs) return "<rootfs>";
     return flags && flags[0] === i && typeof a === "string" ? flagNames(a, flags[1], flags[2]) : showArg(a);
   });
   return `${OpName[op.code]} ${args.join(" ")}`;
@@ -51,10 +53,17 @@ export function describeOp(op: PlanOp): string {
 
 export class Tracer {
   private n = 0;
+  private rootfs?: string;
   constructor(
     readonly enabled: boolean,
     private readonly out: (line: string) => void = (l) => writeStderr(l + "\n"),
   ) {}
+
+  /** Abbreviate the container's rootfs path in op arguments from now on. */
+  setRootfs(path: string): void {
+    this.rootfs = path;
+    this.note(`<rootfs> = ${path}`);
+  }
 
   /** A step the TypeScript side performed itself (cgroups, state, hooks). */
   runtime(action: string, source: string, result = "ok"): void {
@@ -65,7 +74,7 @@ export class Tracer {
   /** An op the executor reported back. */
   op(op: PlanOp, result: string): void {
     if (!this.enabled) return;
-    const line = describeOp(op);
+    const line = describeOp(op, this.rootfs);
     this.out(`${String(++this.n).padStart(3)} ${WHERE[op.section]!.padEnd(7)} ${line.padEnd(44)} <- ${op.source}  [${result}]`);
   }
 
