@@ -28,6 +28,12 @@ export interface Verb {
   summary: string;
   usage: string;
   flags: FlagSpec[];
+  /**
+   * Flags end at the first positional argument (runc's SkipArgReorder): for
+   * `exec ID sh -c ...`, whose command has flags of its own. Otherwise flags
+   * may also follow the positionals (`delete ID --force`), as in runc.
+   */
+  flagsBeforePositionals?: boolean;
   run(global: GlobalOptions, flags: FlagValues, args: string[]): Promise<number> | number;
 }
 
@@ -97,7 +103,7 @@ export async function main(argv: string[]): Promise<number> {
     if (!load) throw new UsageError(`no such command: ${verbName} (see nk-runtime --help)`);
     const verb = (await load()).default;
     const { flags, positionals: args } = parseFlags(rest, [...verb.flags, { name: "help", short: "h", kind: "bool", help: "show help" }], {
-      stopAtPositional: false,
+      stopAtPositional: verb.flagsBeforePositionals ?? false,
     });
     if (flags.help) {
       writeStdout(`usage: nk-runtime ${verbName} ${verb.usage}\n\n${verb.summary}\n\noptions:\n${formatFlagHelp(verb.flags)}\n`);

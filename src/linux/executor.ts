@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import type { Socket } from "node:net";
-import { encodePlan, type PlanOp } from "../plan/ops.ts";
+import { encodePlan, OpCode, Section, type PlanOp } from "../plan/ops.ts";
 import { executorPath } from "../util/home.ts";
 import { ExecutorError } from "../util/errors.ts";
 import type { Tracer } from "./trace.ts";
@@ -102,6 +102,9 @@ export function runExecutor(ops: readonly PlanOp[], opts: ExecutorOptions): Prom
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        // What init still does once released can no longer be reported: list it.
+        const ready = ops.findIndex((op) => op.code === OpCode.REPORT_READY);
+        for (const op of ops.slice(ready + 1)) if (op.section === Section.Init) opts.tracer.later(op);
         resolve({ initPid, exited, executor: child });
       }
     };

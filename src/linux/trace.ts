@@ -78,6 +78,17 @@ export class Tracer {
     this.out(`${String(++this.n).padStart(3)} ${WHERE[op.section]!.padEnd(7)} ${line.padEnd(44)} <- ${op.source}  [${result}]`);
   }
 
+  /**
+   * An op init carries out after REPORT_READY, when it has no channel left to
+   * report on (WAIT_FIFO, startContainer hooks, a late SECCOMP, EXEC): shown
+   * unnumbered, so the trace still says what will happen and why.
+   */
+  later(op: PlanOp): void {
+    if (!this.enabled) return;
+    const line = describeOp(op, this.rootfs);
+    this.out(`    ${"later".padEnd(7)} ${line.padEnd(44)} <- ${op.source}  [after ready: not reported]`);
+  }
+
   note(text: string): void {
     if (this.enabled) this.out(`    note    ${text}`);
   }

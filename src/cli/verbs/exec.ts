@@ -52,6 +52,8 @@ function execProcess(base: Process | undefined, flags: Record<string, unknown>, 
 const exec: Verb = {
   summary: "run a new process inside a running container",
   usage: "[options] <container-id> <command> [args...]",
+  // `exec ID sh -c 'cmd'`: everything after the id belongs to the command.
+  flagsBeforePositionals: true,
   flags: [
     { name: "process", short: "p", kind: "string", value: "FILE", help: "process.json (a config.json `process` object) instead of the command line" },
     { name: "tty", short: "t", kind: "bool", help: "allocate a pseudo-terminal" },
