@@ -116,6 +116,11 @@ export function resolveCgroupPath(
     const path = "/" + components.join("/");
     return () => path;
   }
+  if (components.length === 0) {
+    // "." would be the caller's own cgroup: the container's delete would then
+    // kill the caller and everything beside it.
+    throw new CgroupError("cgroup-path-invalid", `${field}: ${JSON.stringify(cgroupsPath)} names the runtime's own cgroup`);
+  }
   // Relative: under our own cgroup in each hierarchy, which can differ per
   // hierarchy (on this kind of host, memory may sit deeper than the rest).
   let self: SelfCgroup | undefined;

@@ -105,6 +105,9 @@ describe("resolveCgroupPath", () => {
     expect(codeOf(() => resolveCgroupPath(undefined, "../x", self))).toBe("cgroup-path-invalid");
     expect(codeOf(() => resolveCgroupPath(undefined, "a/b", self))).toBe("cgroup-path-invalid");
     expect(codeOf(() => resolveCgroupPath("/a\0b", "c1", self))).toBe("cgroup-path-invalid");
+    // The caller's own cgroup: delete would kill the caller and its neighbours.
+    expect(codeOf(() => resolveCgroupPath(".", "c1", self))).toBe("cgroup-path-invalid");
+    expect(codeOf(() => resolveCgroupPath("./", "c1", self))).toBe("cgroup-path-invalid");
   });
 
   test("a colon inside a path with slashes is a plain path, not systemd", () => {
