@@ -2,19 +2,20 @@
  * Container-mode lifecycle: create, start, kill, delete (and the pieces `run`
  * combines). Policy lives here and in src/plan; the executor only carries out.
  */
-import { closeSync, existsSync, openSync, readSync, realpathSync, statSync, unlinkSync, writeFileSync, renameSync, constants as fsConstants } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync, unlinkSync, writeFileSync, renameSync, constants as fsConstants } from "node:fs";
 import { resolve as resolvePath } from "node:path";
-import type { Spec } from "../spec/types.ts";
+import type { Hook, Spec } from "../spec/types.ts";
 import { loadSpec } from "../spec/load.ts";
 import { assertValidSpec } from "../spec/validate.ts";
 import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
 import { openCgroupManager, reopenCgroupManager, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
-import type { LinuxDeviceCgroup, LinuxResources } from "../spec/types.ts";
+import type { LinuxResources } from "../spec/types.ts";
 import { StateStore, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { ContainerError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
-import { runExecutor, type ExecutorRun } from "./executor.ts";
+import { runExecutor, type ExecutorRun, type ExecutorStdio } from "./executor.ts";
+import { executorPath } from "../util/home.ts";
 import { Tracer } from "./trace.ts";
 import { compileContainerSeccomp } from "./seccomp.ts";
 import { runHooks, runHooksLoggingFailures } from "../hooks/run.ts";
@@ -35,6 +36,8 @@ export interface CreateOptions {
   preserveFds: number;
   /** `run` in the foreground: the executor stays as the container's parent. */
   foreground: boolean;
+  /** The container's stdio (the containerd shim passes fifo fds); default: the runtime's own. */
+  stdio?: ExecutorStdio;
 }
 
 const OCI_VERSION = "1.2.0";
@@ -98,6 +101,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
     const manager = cgroup;
     const run = await runExecutor(plan.ops, {
       preserveFds: opts.preserveFds,
+      stdio: opts.stdio,
       tracer: ctx.tracer,
       onPid: (pid) => {
         initPid = pid;
@@ -113,13 +117,16 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
         manager.applyResources(effectiveResources(spec));
         if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
       },
-      onSync: async () => {
+      onSync: async (name) => {
+        // "startContainer": only the state those hooks read (init runs them after `start`).
+        if (name === "startContainer") return JSON.stringify(hookState(record, "created"));
+        // "hooks": ours run here; init runs the createContainer hooks next, in the container's namespaces.
         const state = hookState(record, "creating");
-        for (const kind of ["prestart", "createRuntime", "createContainer"] as const) {
+        for (const kind of ["prestart", "createRuntime"] as const) {
           await runHooks(kind, spec.hooks?.[kind], state);
           if (spec.hooks?.[kind]?.length) ctx.tracer.runtime(`ran ${spec.hooks[kind]!.length} ${kind} hook(s)`, `hooks.${kind}`);
         }
-        return JSON.stringify(hookState(record, "created"));
+        return JSON.stringify(state);
       },
     });
     record.phase = "created";
@@ -153,18 +160,15 @@ async function cleanupFailedCreate(ctx: RuntimeContext, id: string, pid: number,
 }
 
 /**
- * The spec's resources plus the device access every container needs: the
- * nodes in linux.devices and runc's default set (null, zero, full, random,
+ * The spec's device rules plus runc's default set (null, zero, full, random,
  * urandom, tty, ptmx, pts), appended after the spec's own rules as runc does.
+ * Nodes listed in linux.devices get no rule of their own: the spec's
+ * linux.resources.devices decides whether the container may use them.
  */
 export function effectiveResources(spec: Spec): LinuxResources | undefined {
   const resources = spec.linux?.resources;
   if (!resources?.devices) return resources;
-  // "u" (unbuffered char) and "p" (fifo): the devices cgroup knows c and b only; a fifo needs no rule.
-  const fromDevices: LinuxDeviceCgroup[] = (spec.linux?.devices ?? [])
-    .filter((d) => d.type !== "p")
-    .map((d) => ({ allow: true, type: d.type === "b" ? "b" : "c", major: d.major, minor: d.minor, access: "rwm" }));
-  return { ...resources, devices: [...resources.devices, ...fromDevices, ...DEFAULT_ALLOWED_DEVICE_RULES] };
+  return { ...resources, devices: [...resources.devices, ...DEFAULT_ALLOWED_DEVICE_RULES] };
 }
 
 /** What each `cgroup` mount in the container shows, from the container's own cgroup paths. */
@@ -243,6 +247,20 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
     }
     unlinkSync(fifo);
     ctx.tracer.runtime(`open ${fifo}: init released to exec`, "start");
+    const hooks = record.spec.hooks;
+    if (hooks?.startContainer?.length || hooks?.poststart?.length) {
+      // runtime-spec: poststart runs after the user's process is executed, and
+      // a failed startContainer hook is an error of `start`. Init runs those
+      // hooks after the fifo, so wait for its execve (or its death).
+      const outcome = await waitForUserProcess(record, hooks.startContainer);
+      ctx.tracer.runtime(`wait for init to execve process.args: ${outcome}`, hooks.startContainer?.length ? "hooks.startContainer" : "hooks.poststart");
+      if (outcome === "died") {
+        throw new ContainerError(
+          "container-start-failed",
+          `container ${id}: init exited before running process.args (a hooks.startContainer hook failed; the container's stderr says which)`,
+        );
+      }
+    }
     if (record.spec.hooks?.poststart?.length) {
       await runHooksLoggingFailures("poststart", record.spec.hooks.poststart, hookState(record, "running"), (m) => ctx.log.warn(m));
       ctx.tracer.runtime(`ran ${record.spec.hooks.poststart.length} poststart hook(s)`, "hooks.poststart");
@@ -250,6 +268,40 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
     return record;
   } finally {
     lock.release();
+  }
+}
+
+/**
+ * After `start` released init: "exec" once init runs the container's program,
+ * "died" if it exited still being the executor, "gone" if it was reaped before
+ * we could tell, "timeout" past the startContainer hooks' timeouts (30 s each
+ * when unset).
+ */
+async function waitForUserProcess(record: ContainerRecord, startHooks: readonly Hook[] | undefined): Promise<"exec" | "died" | "gone" | "timeout"> {
+  const budgetMs = (startHooks ?? []).reduce((sum, h) => sum + (h.timeout ?? 30) * 1000, 0) + 5_000;
+  const deadline = Date.now() + budgetMs;
+  let executor: { dev: number; ino: number } | undefined;
+  try {
+    const st = statSync(executorPath());
+    executor = { dev: st.dev, ino: st.ino };
+  } catch {}
+  for (;;) {
+    const stat = readProcStat(record.pid);
+    if (!stat || stat.startTime !== record.pidStartTime) return "gone";
+    if (stat.state === "Z" || stat.state === "X") {
+      // A zombie keeps its last name: still the executor's means no execve happened.
+      try {
+        return readFileSync(`/proc/${record.pid}/comm`, "utf8").trim() === "nk-exec" ? "died" : "exec";
+      } catch {
+        return "gone";
+      }
+    }
+    try {
+      const exe = statSync(`/proc/${record.pid}/exe`);
+      if (!executor || exe.dev !== executor.dev || exe.ino !== executor.ino) return "exec";
+    } catch {}
+    if (Date.now() > deadline) return "timeout";
+    await Bun.sleep(1);
   }
 }
 

@@ -88,10 +88,13 @@ export async function streamEvents(
   const { record, cgroup } = liveCgroup(ctx, id);
   let ooms = cgroup.oomKillCount();
   while (!shouldStop()) {
-    if (containerStatus(ctx, ctx.store.exists(id) ? ctx.store.read(id) : record) === "stopped") return;
+    const stopped = containerStatus(ctx, ctx.store.exists(id) ? ctx.store.read(id) : record) === "stopped";
+    // Read the OOM count even when the container just stopped: the OOM killer
+    // taking init is exactly what stops it, and that kill must be reported.
     const now = cgroup.oomKillCount();
     if (now > ooms) emit({ type: "oom", id });
     ooms = now;
+    if (stopped) return;
     emit({ type: "stats", id, data: cgroup.stats() });
     await Bun.sleep(intervalMs);
   }

@@ -9,6 +9,8 @@ const ps: Verb = {
   summary: "list the processes of a container (pids as JSON, or a ps(1) table)",
   usage: "[--format table|json] <container-id> [ps options]",
   flags: [{ name: "format", short: "f", kind: "string", value: "table|json", help: "output format (default table)" }],
+  // Everything after the id is for ps(1) (`ps ID -o pid,comm`), as runc's SkipArgReorder.
+  flagsBeforePositionals: true,
   run(global, flags, args) {
     minArgs("ps", args, 1);
     const format = (flags.format as string | undefined) ?? "table";
