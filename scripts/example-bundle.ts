@@ -9,7 +9,7 @@
  * (`bun scripts/example-bundle.ts [--force]`) or through `npm start`.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { baseConfig } from "../test/helpers/bundle.ts";
 import { BUSYBOX_PATH, buildRootfsTree, repoRoot } from "../test/helpers/rootfs.ts";
@@ -63,11 +63,33 @@ export function exampleConfig(): Record<string, unknown> {
   return config;
 }
 
+/**
+ * examples/demo: a long-running container on the same rootfs, with resource
+ * limits, for trying the operational verbs (exec, pause, ps, events, update).
+ */
+export function demoConfig(): Record<string, unknown> {
+  const config = exampleConfig() as ReturnType<typeof baseConfig>;
+  config.root.path = "../busybox/rootfs";
+  config.process.args = ["sh", "-c", "echo demo running; while :; do sleep 1; done"];
+  config.hostname = "nk-demo";
+  config.linux.resources = {
+    ...(config.linux.resources ?? {}),
+    memory: { limit: 64 * 1024 * 1024 },
+    pids: { limit: 64 },
+  };
+  return config;
+}
+
 /** Build examples/busybox if it is missing (or when force); returns its path. */
 export function buildExampleBundle(opts: { force?: boolean; log?: (line: string) => void } = {}): string {
   const log = opts.log ?? ((l: string) => console.log(l));
   const dir = exampleBundleDir();
+  const demoDir = join(dir, "..", "demo");
   const complete = existsSync(join(dir, "config.json")) && existsSync(join(dir, "rootfs", "bin", "busybox"));
+  if (!existsSync(join(demoDir, "config.json")) || opts.force) {
+    mkdirSync(demoDir, { recursive: true });
+    writeFileSync(join(demoDir, "config.json"), `${JSON.stringify(demoConfig(), null, 2)}\n`);
+  }
   if (complete && !opts.force) return dir;
 
   ensureBusybox(log);
