@@ -1,7 +1,7 @@
 /*
- * nk-exec: carries out an ExecPlan (src/plan/ops.ts) read from a sync socket.
- *
- * Usage: nk-exec <syncFd>     (or: nk-exec --version)
+ * The executor core: carries out an ExecPlan (src/plan/ops.ts) read from a
+ * sync socket. nk-exec-main.c (the nk-exec command) and agent.c (the VM
+ * guest agent) both call nk_execute().
  *
  * This file holds the plan decoder and validator, the run loop, the CLONE
  * split into stage0 (parent) and init (child), and the small ops of the
@@ -222,6 +222,7 @@ static int op_wait_go(const struct op *op)
 		nk.sync_payload = line + 3;
 		return 0;
 	}
+	nk.sync_payload = NULL; /* it pointed into line, which now holds this answer */
 	if (strcmp(line, "go") != 0)
 		return failx(ECANCELED, "runtime answered \"%.60s\" instead of \"go\"", line);
 	return 0;
@@ -305,6 +306,7 @@ static const struct op_info op_table[] = {
 	[OP_REMOUNT_RO] = {"REMOUNT_RO", INIT, "s", op_remount_ro},
 	[OP_SETHOSTNAME] = {"SETHOSTNAME", INIT, "s", op_sethostname},
 	[OP_SETDOMAINNAME] = {"SETDOMAINNAME", INIT, "s", op_setdomainname},
+	[OP_LOOPBACK_UP] = {"LOOPBACK_UP", INIT, "", op_loopback_up},
 	[OP_WRITE_PROC] = {"WRITE_PROC", INIT, "sb", op_write_proc},
 	[OP_SETRLIMIT] = {"SETRLIMIT", INIT, "irr", op_setrlimit},
 	[OP_CHDIR] = {"CHDIR", INIT, "s", op_chdir},
@@ -598,30 +600,22 @@ static int run_plan(const struct plan *plan)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/*
+ * Carry out the plan read from sync_fd: the whole life of an executor
+ * process (nk-exec's main, and the guest agent's executor child). Returns
+ * only on a failure before the plan runs (its exit status); afterwards every
+ * path ends in _exit or execve.
+ */
+int nk_execute(int sync_fd)
 {
 	unsigned char *buf = NULL;
 	size_t size = 0;
 	struct plan plan = {0, NULL};
-	char *end;
 
-	if (argc == 2 && strcmp(argv[1], "--version") == 0) {
-		printf("nk-exec %s\n", NK_VERSION);
-		return 0;
-	}
-	if (argc != 2) {
-		fprintf(stderr, "usage: nk-exec <syncFd> | --version\n");
-		return 2;
-	}
-	errno = 0;
-	long fd = strtol(argv[1], &end, 10);
-	if (errno || *end || end == argv[1] || fd < 0 || fd > INT_MAX ||
-	    fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0) {
-		fprintf(stderr, "nk-exec: %s is not an open file descriptor\n", argv[1]);
-		return 2;
-	}
 	/* The sync socket must never reach the container (CVE-2024-21626). */
-	nk.sync_fd = (int)fd;
+	if (fcntl(sync_fd, F_SETFD, FD_CLOEXEC) < 0)
+		return 2;
+	nk.sync_fd = sync_fd;
 	/* Until execve, processes in the container must not be able to open
 	 * /proc/<our pid>/exe and rewrite this binary on the host
 	 * (CVE-2019-5736): a non-dumpable process's /proc files belong to root

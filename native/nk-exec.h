@@ -59,6 +59,9 @@ void sync_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void report_ok(long index, const char *detail);
 void close_sync(void);
 
+/* nk-exec.c: read a plan from sync_fd and carry it out (see there). */
+int nk_execute(int sync_fd);
+
 /* "/proc/self/fd/N": lets mount(2) act on an fd we resolved safely. */
 const char *fd_path(int fd, char buf[32]);
 int write_all(int fd, const void *buf, size_t len);
@@ -73,6 +76,7 @@ int op_fifo_prepare(const struct op *op);
 int op_write_child_proc(const struct op *op);
 int op_sethostname(const struct op *op);
 int op_setdomainname(const struct op *op);
+int op_loopback_up(const struct op *op);
 int op_write_proc(const struct op *op);
 int op_setrlimit(const struct op *op);
 int op_chdir(const struct op *op);

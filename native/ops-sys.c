@@ -13,12 +13,15 @@
 #include <linux/keyctl.h>
 #include <linux/magic.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -162,6 +165,31 @@ int op_setdomainname(const struct op *op)
 {
 	if (setdomainname(op->arg[0], op->len[0]) < 0)
 		return fail(errno, "setdomainname \"%s\"", op->arg[0]);
+	return 0;
+}
+
+/* runc's "loopback" network: a new network namespace gets lo up, nothing else. */
+int op_loopback_up(const struct op *op)
+{
+	(void)op;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return fail(errno, "socket for lo");
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) {
+		int err = errno;
+		close(fd);
+		return fail(err, "get flags of lo");
+	}
+	ifr.ifr_flags |= IFF_UP;
+	if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0) {
+		int err = errno;
+		close(fd);
+		return fail(err, "bring lo up");
+	}
+	close(fd);
 	return 0;
 }
 

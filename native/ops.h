@@ -66,5 +66,6 @@
 #define OP_SET_DUMPABLE 56
 #define OP_SYNC 57
 #define OP_RUN_HOOK 58
+#define OP_LOOPBACK_UP 59
 
 #endif

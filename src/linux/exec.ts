@@ -5,7 +5,7 @@ import { buildExecPlan } from "../plan/exec-plan.ts";
 import { validateContainerId } from "../state/store.ts";
 import { ContainerError } from "../util/errors.ts";
 import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
-import { runExecutor, type ExecutorRun } from "./executor.ts";
+import { runExecutor, type ExecutorRun, type ExecutorStdio } from "./executor.ts";
 import { compileContainerSeccomp } from "./seccomp.ts";
 
 export interface ExecOptions {
@@ -15,6 +15,8 @@ export interface ExecOptions {
   preserveFds: number;
   detach: boolean;
   ignorePaused: boolean;
+  /** The process's stdio (the containerd shim passes fifo fds); default: the runtime's own. */
+  stdio?: ExecutorStdio;
 }
 
 export async function execInContainer(ctx: RuntimeContext, id: string, opts: ExecOptions): Promise<ExecutorRun> {
@@ -34,6 +36,7 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
   const cgroup = reopenRecordCgroup(record);
   const run = await runExecutor(plan.ops, {
     preserveFds: opts.preserveFds,
+    stdio: opts.stdio,
     tracer: ctx.tracer,
     onPid: (pid) => {
       cgroup?.addProcess(pid);

@@ -22,7 +22,11 @@ export interface ExecutorOptions {
   onSync?: (name: string) => Promise<string | undefined> | string | undefined;
   /** Give up if init is not ready by then (a hung mount, a wedged hook). */
   readyTimeoutMs?: number;
+  /** The executor's (and so the container's) stdin, stdout, stderr: fds or "ignore" (default: the caller's own). */
+  stdio?: ExecutorStdio;
 }
+
+export type ExecutorStdio = readonly [number | "ignore", number | "ignore", number | "ignore"];
 
 export interface ExecutorRun {
   initPid: number;
@@ -33,7 +37,7 @@ export interface ExecutorRun {
 
 export function runExecutor(ops: readonly PlanOp[], opts: ExecutorOptions): Promise<ExecutorRun> {
   const syncFd = 3 + opts.preserveFds;
-  const stdio: (number | "pipe" | "inherit")[] = ["inherit", "inherit", "inherit"];
+  const stdio: (number | "pipe" | "inherit" | "ignore")[] = opts.stdio ? [...opts.stdio] : ["inherit", "inherit", "inherit"];
   for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
   stdio.push("pipe");
   const child = spawn(executorPath(), [String(syncFd)], { stdio: stdio as never });

@@ -168,6 +168,7 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
 
   if (spec.hostname !== undefined && isNew("uts")) b.init(OpCode.SETHOSTNAME, [spec.hostname], "hostname");
   if (spec.domainname !== undefined && isNew("uts")) b.init(OpCode.SETDOMAINNAME, [spec.domainname], "domainname");
+  if (isNew("network")) b.init(OpCode.LOOPBACK_UP, [], `linux.namespaces[${nsIndex("network")}] (new network namespace: lo up, as runc)`);
   for (const [key, value] of Object.entries(spec.linux?.sysctl ?? {})) {
     b.init(OpCode.WRITE_PROC, [`/proc/sys/${key.replaceAll(".", "/")}`, value], `linux.sysctl["${key}"]`);
   }
@@ -206,11 +207,14 @@ function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, notes: st
   }
 
   const hooks = spec.hooks ?? {};
-  if (hooks.prestart?.length || hooks.createRuntime?.length || hooks.createContainer?.length || hooks.startContainer?.length) {
-    // The runtime runs these with the namespaces made and the rootfs mounted,
-    // before pivot_root (runc's point), and answers with the state JSON that
-    // startContainer hooks get on stdin.
-    b.init(OpCode.SYNC, ["hooks"], "hooks (prestart, createRuntime, createContainer)");
+  if (hooks.prestart?.length || hooks.createRuntime?.length || hooks.createContainer?.length) {
+    // With the namespaces made and the rootfs mounted, before pivot_root
+    // (runc's point): the runtime runs prestart and createRuntime hooks in its
+    // own namespaces and answers with the state JSON; then init runs the
+    // createContainer hooks in the container's namespaces (runtime-spec), their
+    // paths still resolving in the runtime's mount view, that state on stdin.
+    b.init(OpCode.SYNC, ["hooks"], "hooks (prestart, createRuntime: run by the runtime)");
+    (hooks.createContainer ?? []).forEach((hook, i) => b.init(OpCode.RUN_HOOK, hookArgs(hook), `hooks.createContainer[${i}]`));
   }
   if (input.noPivot) b.init(OpCode.CHROOT, [rootfs], "--no-pivot");
   else b.init(OpCode.PIVOT_ROOT, [rootfs], "root.path");
@@ -304,6 +308,12 @@ function planDevice(b: PlanBuilder, rootfs: string, d: LinuxDevice, userNs: bool
   );
 }
 
+/** RUN_HOOK's arguments; stdin "" means the state the runtime sent at the last SYNC. */
+function hookArgs(hook: Hook): (string | number)[] {
+  const argv = hook.args?.length ? hook.args : [hook.path];
+  return [hook.path, hook.timeout ?? 0, "", argv.length, ...argv, ...(hook.env ?? [])];
+}
+
 function capabilityMask(names: readonly string[] | undefined): string {
   let mask = 0n;
   for (const name of names ?? []) {
@@ -371,13 +381,11 @@ export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanO
   const pathEnv = env.findLast((e) => e.startsWith("PATH="))?.slice(5) ?? DEFAULT_PATH;
   const args = process.args ?? [];
   b.init(OpCode.EXEC_LOOKUP, [args[0] ?? "", pathEnv], "process.args[0]");
+  // The state the startContainer hooks get on stdin (status "created"), fetched while init can still ask.
+  if (opts.startContainerHooks?.length) b.init(OpCode.SYNC, ["startContainer"], "hooks.startContainer (state JSON for the hooks)");
   b.init(OpCode.REPORT_READY, [], `${opts.verb} (process is ready)`);
   if (opts.waitForStart) b.init(OpCode.WAIT_FIFO, [], "start (blocks until `start`)");
-  (opts.startContainerHooks ?? []).forEach((hook, i) => {
-    const argv = hook.args?.length ? hook.args : [hook.path];
-    // stdin "": the state the runtime sent at the "hooks" sync point.
-    b.init(OpCode.RUN_HOOK, [hook.path, hook.timeout ?? 0, "", argv.length, ...argv, ...(hook.env ?? [])], `hooks.startContainer[${i}]`);
-  });
+  (opts.startContainerHooks ?? []).forEach((hook, i) => b.init(OpCode.RUN_HOOK, hookArgs(hook), `hooks.startContainer[${i}]`));
   if (opts.seccomp && process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
   b.init(OpCode.EXEC, [args.length, ...args, ...env], "process.args, process.env");
 }

@@ -172,6 +172,12 @@ export const OpCode = {
    * (SIGKILL at the timeout, 0 = none); a non-zero exit is an error.
    */
   RUN_HOOK: 58,
+  /**
+   * LOOPBACK_UP(): set IFF_UP on "lo" (SIOCSIFFLAGS). A new network namespace
+   * starts with lo down; runc and crun bring it up, and clients rely on it
+   * (`podman run --network none`, `ctr run` without --net-host).
+   */
+  LOOPBACK_UP: 59,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
 

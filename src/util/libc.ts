@@ -51,3 +51,9 @@ export function setChildSubreaper(): number {
   const l = libc();
   return l.prctl(36, 1, 0, 0, 0) === 0 ? 0 : l.errno();
 }
+
+/** mkfifo(3); returns 0 or the errno. */
+export function mkfifo(path: string, mode: number): number {
+  const l = libc();
+  return l.mkfifo(cString(path), mode) === 0 ? 0 : l.errno();
+}

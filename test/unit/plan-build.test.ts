@@ -173,6 +173,28 @@ describe("plan variants", () => {
     expect(fg.ops.find((o) => o.code === OpCode.MONITOR)!.args).toEqual(["copy"]);
     expect(() => buildContainerPlan(input(t))).toThrow("--console-socket");
   });
+  test("hooks: the runtime's at a SYNC before pivot_root, then createContainer in init; startContainer after the fifo", () => {
+    const hook = (path: string) => ({ path, args: [path, "x"], env: ["A=1"], timeout: 3 });
+    const ops = buildContainerPlan(
+      input(spec((s) => (s.hooks = { createRuntime: [hook("/h/rt")], createContainer: [hook("/h/cc")], startContainer: [hook("/h/sc")] }))),
+    ).ops.filter((o) => o.section === Section.Init);
+    const at = (code: number, source?: string) => ops.findIndex((o) => o.code === code && (source === undefined || o.source === source));
+    const sync = at(OpCode.SYNC, "hooks (prestart, createRuntime: run by the runtime)");
+    const create = at(OpCode.RUN_HOOK, "hooks.createContainer[0]");
+    const startSync = at(OpCode.SYNC, "hooks.startContainer (state JSON for the hooks)");
+    const start = at(OpCode.RUN_HOOK, "hooks.startContainer[0]");
+    expect(sync).toBeGreaterThan(-1);
+    expect(create).toBe(sync + 1);
+    expect(create).toBeLessThan(at(OpCode.PIVOT_ROOT));
+    // The "created" state is fetched while init can still talk to the runtime; the hook runs after `start`.
+    expect(startSync).toBeLessThan(at(OpCode.REPORT_READY));
+    expect(start).toBeGreaterThan(at(OpCode.WAIT_FIFO));
+    expect(start).toBeLessThan(at(OpCode.EXEC));
+    expect(ops[create]!.args).toEqual(["/h/cc", "3", "", "2", "/h/cc", "x", "A=1"]);
+    // No hooks, no sync points.
+    expect(buildContainerPlan(input(spec())).ops.some((o) => o.code === OpCode.SYNC)).toBe(false);
+  });
+
   test("no mount namespace is refused", () => {
     expect(() => buildContainerPlan(input(spec((s) => (s.linux!.namespaces = [{ type: "pid" }]))))).toThrow("mount namespace is required");
   });

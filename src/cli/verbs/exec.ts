@@ -38,10 +38,10 @@ function execProcess(base: Process | undefined, flags: Record<string, unknown>, 
     const name = cap.toUpperCase().startsWith("CAP_") ? cap.toUpperCase() : `CAP_${cap.toUpperCase()}`;
     if (!isKnownCapability(name)) throw new UsageError(`--cap ${cap}: unknown capability`);
     const caps = (p.capabilities ??= {});
-    for (const set of ["bounding", "effective", "permitted", "ambient"] as const) {
-      caps[set] = [...new Set([...(caps[set] ?? []), name])];
-    }
-    caps.inheritable = [...new Set([...(caps.inheritable ?? []), name])];
+    // Never the inheritable set (CVE-2022-29162, as runc since 1.1.2); ambient
+    // only when the spec already has inheritable bits, without which it cannot be raised.
+    const sets = caps.inheritable?.length ? (["bounding", "effective", "permitted", "ambient"] as const) : (["bounding", "effective", "permitted"] as const);
+    for (const set of sets) caps[set] = [...new Set([...(caps[set] ?? []), name])];
   }
   if (flags["no-new-privs"]) p.noNewPrivileges = true;
   if (flags.apparmor) p.apparmorProfile = flags.apparmor as string;

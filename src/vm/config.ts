@@ -1,0 +1,62 @@
+/**
+ * Where VM mode finds its tools and artefacts, and the facts the guest is
+ * built around. Every path can be overridden from the environment, so a
+ * packaged install, CI and the tests can each point at their own.
+ */
+import { accessSync, constants, existsSync } from "node:fs";
+import { projectHome } from "../util/home.ts";
+
+/** Guest artefacts: the kernel, the initramfs, their stamp (never committed). */
+export function vmCacheDir(): string {
+  return process.env.NK_VM_CACHE ?? "/var/cache/nano-kata/vm";
+}
+
+export function agentBinaryPath(): string {
+  return process.env.NK_AGENT ?? `${projectHome()}/native/build/nk-agent`;
+}
+
+/** Debian's package whose dependency names the current cloud kernel. */
+export function kernelPackageName(): string {
+  return process.env.NK_VM_KERNEL_PACKAGE ?? "linux-image-cloud-amd64";
+}
+
+export const BUSYBOX = "/bin/busybox";
+
+/** What the guest needs beyond the kernel: virtio over MMIO, the channel port, virtiofs, overlay. */
+export const GUEST_MODULES = ["virtio_mmio", "virtio_console", "virtiofs", "overlay"];
+
+/** Names shared by the host side and the agent (which learns them from the kernel command line). */
+export const CHANNEL_PORT_NAME = "nk.0";
+export const SHARE_TAG = "nkshare";
+/** Where the agent mounts the share, and so where the guest plan finds the rootfs and bind sources. */
+export const GUEST_SHARE_DIR = "/run/nk/share";
+export const GUEST_FIFO_DIR = "/run/nk";
+
+function findOnPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(":")) {
+    if (!dir) continue;
+    const path = `${dir}/${name}`;
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {}
+  }
+  return undefined;
+}
+
+export function qemuPath(): string | undefined {
+  if (process.env.NK_QEMU) return existsSync(process.env.NK_QEMU) ? process.env.NK_QEMU : undefined;
+  return findOnPath("qemu-system-x86_64");
+}
+
+export function virtiofsdPath(): string | undefined {
+  if (process.env.NK_VIRTIOFSD) return existsSync(process.env.NK_VIRTIOFSD) ? process.env.NK_VIRTIOFSD : undefined;
+  // Debian's qemu-system-common ships it outside PATH; the Rust virtiofsd package in /usr/libexec.
+  for (const p of ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]) if (existsSync(p)) return p;
+  return findOnPath("virtiofsd");
+}
+
+export function firecrackerPath(): string | undefined {
+  if (process.env.NK_FIRECRACKER) return existsSync(process.env.NK_FIRECRACKER) ? process.env.NK_FIRECRACKER : undefined;
+  return findOnPath("firecracker");
+}

@@ -1,0 +1,53 @@
+/**
+ * One interface, several hypervisors (Kata runtime-rs' shape): a driver
+ * boots a microVM from the guest artefacts and hands back the channel to the
+ * guest agent. Everything else -- the plan, stdio, signals, exit status -- is
+ * the same whatever the hypervisor (src/vm/host.ts).
+ */
+import type { Socket } from "node:net";
+import { NanoKataError } from "../util/errors.ts";
+
+export type Accelerator = "kvm" | "tcg";
+
+export interface VmConfig {
+  /** Private directory for this VM's sockets and console log (short path: unix sockets allow 107 bytes). */
+  runDir: string;
+  kernel: string;
+  initramfs: string;
+  /** Kernel command line, complete (the driver adds nothing). */
+  cmdline: string;
+  memoryMiB: number;
+  vcpus: number;
+  accel: Accelerator;
+  /** The virtio-serial port name (QEMU) the agent looks for; Firecracker uses vsock instead. */
+  channelName: string;
+  /** A vhost-user-fs socket (virtiofsd) to attach with this tag, if any. */
+  share?: { tag: string; socket: string };
+  /** Give up if the VMM has not connected its channel by then. */
+  startTimeoutMs: number;
+}
+
+export interface RunningVm {
+  /** The VMM process (qemu-system-x86_64, firecracker). */
+  pid: number;
+  /** A byte stream to the guest agent (see channel.ts). */
+  channel: Socket;
+  /** Resolves with the VMM's exit code once it is gone. */
+  exited: Promise<number>;
+  /** Orderly stop (QMP quit / SendCtrlAltDel), then SIGKILL after graceMs. */
+  shutdown(graceMs?: number): Promise<void>;
+  /** The VMM's stderr so far (for error messages). */
+  stderr(): string;
+}
+
+export interface HypervisorDriver {
+  readonly name: string;
+  /** Why this driver cannot run here, or undefined when it can. */
+  unavailable(): string | undefined;
+  /** Whether the guest can read a virtiofs share (else the rootfs must come as a block device). */
+  readonly virtiofs: boolean;
+  launch(config: VmConfig): Promise<RunningVm>;
+}
+
+/** VM mode's errors: no hypervisor, no guest image, a guest that never answers, ... */
+export class VmError extends NanoKataError {}

@@ -1,0 +1,157 @@
+/**
+ * The QEMU driver: qemu-system-x86_64 -M microvm (no PCI, no firmware: the
+ * ELF vmlinux is entered through its PVH note), virtio over MMIO with the
+ * modern interface (force-legacy=false, which virtiofs needs), guest RAM in a
+ * shared memfd (vhost-user-fs needs it), the channel as a virtio-serial port
+ * and QMP for shutdown. Both are unix sockets on which we listen and QEMU
+ * connects while it starts -- so the channel is connected before the guest
+ * runs a single instruction, and if this process dies QEMU sees the hangup,
+ * the guest agent reads EOF and powers off.
+ */
+import { spawn } from "node:child_process";
+import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import { qemuPath } from "./config.ts";
+import { VmError, type HypervisorDriver, type RunningVm, type VmConfig } from "./driver.ts";
+
+/** The command line, pure (golden-tested). */
+export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; console: string }): string[] {
+  const mem = `${c.memoryMiB}M`;
+  const args = [
+    "-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on,memory-backend=mem",
+    "-accel", c.accel === "kvm" ? "kvm" : "tcg",
+    "-cpu", c.accel === "kvm" ? "host" : "max",
+    "-m", mem,
+    "-smp", String(c.vcpus),
+    "-object", `memory-backend-memfd,id=mem,size=${mem},share=on`,
+    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+    "-kernel", c.kernel,
+    "-initrd", c.initramfs,
+    "-append", c.cmdline,
+    "-serial", `file:${sockets.console}`,
+    "-global", "virtio-mmio.force-legacy=false",
+    "-device", "virtio-serial-device,max_ports=1",
+    "-chardev", `socket,id=nkch,path=${sockets.channel}`,
+    "-device", `virtserialport,chardev=nkch,name=${c.channelName}`,
+    "-chardev", `socket,id=qmp,path=${sockets.qmp}`,
+    "-mon", "chardev=qmp,mode=control",
+  ];
+  if (c.share) args.push("-chardev", `socket,id=fs,path=${c.share.socket}`, "-device", `vhost-user-fs-device,chardev=fs,tag=${c.share.tag}`);
+  return args;
+}
+
+/** Accept exactly one connection on a fresh unix socket. */
+function listenOnce(path: string): { server: Server; connection: Promise<Socket> } {
+  const server = createServer();
+  const connection = new Promise<Socket>((resolve, reject) => {
+    server.once("connection", (s) => {
+      server.close();
+      resolve(s);
+    });
+    server.once("error", reject);
+  });
+  server.listen(path);
+  return { server, connection };
+}
+
+/** A line-oriented QMP client: enough for capabilities negotiation and quit. */
+class Qmp {
+  private buffered = "";
+  private waiters: Array<(msg: Record<string, unknown>) => void> = [];
+  constructor(private readonly socket: Socket) {
+    socket.on("data", (chunk: Buffer) => {
+      this.buffered += chunk.toString("utf8");
+      let nl: number;
+      while ((nl = this.buffered.indexOf("\n")) >= 0) {
+        const line = this.buffered.slice(0, nl).trim();
+        this.buffered = this.buffered.slice(nl + 1);
+        if (!line) continue;
+        let msg: Record<string, unknown>;
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if ("event" in msg) continue; // asynchronous events: not needed here
+        this.waiters.shift()?.(msg);
+      }
+    });
+    socket.on("error", () => {});
+  }
+  /** The greeting, then each command's answer, in order. */
+  next(): Promise<Record<string, unknown>> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+  command(execute: string): Promise<Record<string, unknown>> {
+    const answer = this.next();
+    this.socket.write(JSON.stringify({ execute }) + "\n");
+    return answer;
+  }
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly name = "qemu";
+  readonly virtiofs = true;
+
+  unavailable(): string | undefined {
+    return qemuPath() ? undefined : "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or set NK_QEMU)";
+  }
+
+  async launch(c: VmConfig): Promise<RunningVm> {
+    const qemu = qemuPath();
+    if (!qemu) throw new VmError("no-hypervisor", this.unavailable()!);
+    const sockets = { channel: join(c.runDir, "channel.sock"), qmp: join(c.runDir, "qmp.sock"), console: join(c.runDir, "console.log") };
+    const channel = listenOnce(sockets.channel);
+    const qmpListen = listenOnce(sockets.qmp);
+    const child = spawn(qemu, qemuArgs(c, sockets), { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr!.on("data", (b: Buffer) => {
+      if (stderr.length < 16384) stderr += b.toString("utf8");
+    });
+    const exited = new Promise<number>((resolve) => {
+      child.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));
+      child.on("error", () => resolve(127));
+    });
+    const closeServers = () => {
+      channel.server.close();
+      qmpListen.server.close();
+    };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const [channelSocket, qmpSocket] = await Promise.race([
+        Promise.all([channel.connection, qmpListen.connection]),
+        exited.then((code) => {
+          throw new VmError("hypervisor-failed", `qemu exited with ${code} while starting: ${stderr.trim() || "(no message)"}`);
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new VmError("hypervisor-timeout", `qemu did not connect its sockets within ${c.startTimeoutMs} ms`)), c.startTimeoutMs);
+        }),
+      ]);
+      const qmp = new Qmp(qmpSocket);
+      await qmp.next(); // greeting
+      await qmp.command("qmp_capabilities");
+      const pid = child.pid!;
+      return {
+        pid,
+        channel: channelSocket,
+        exited,
+        stderr: () => stderr,
+        async shutdown(graceMs = 2000) {
+          if (child.exitCode !== null || child.signalCode !== null) return;
+          qmp.command("quit").catch(() => {});
+          const killer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+          await exited;
+          clearTimeout(killer);
+          qmpSocket.destroy();
+        },
+      };
+    } catch (error) {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      closeServers();
+    }
+  }
+}
