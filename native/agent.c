@@ -44,6 +44,20 @@
 
 static int port = -1;
 static int sigfd = -1;
+static int debug; /* nk.debug=1: print each boot step with its time to the console */
+
+static long uptime_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_BOOTTIME, &t);
+	return t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void step(const char *what)
+{
+	if (debug)
+		dprintf(2, "nk-agent: %ld ms: %s\n", uptime_ms(), what);
+}
 
 /* The one executor at a time and its plumbing; -1 when absent. */
 static struct {
@@ -195,11 +209,14 @@ static void leave_initramfs(void)
 
 static void boot(char *port_name, size_t port_size)
 {
-	char share[128];
+	char share[128], flag[8];
 	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	debug = *cmdline_value("nk.debug", flag, sizeof flag) == '1';
+	step("started");
 	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	load_modules();
+	step("modules loaded");
 	leave_initramfs();
 	mount_or_die("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666");
@@ -208,6 +225,7 @@ static void boot(char *port_name, size_t port_size)
 	mkdir("/run/nk", 0755);
 	if (*cmdline_value("nk.share", share, sizeof share))
 		mount_or_die(share, SHARE_DIR, "virtiofs", 0, NULL);
+	step("filesystems mounted");
 	cmdline_value("nk.port", port_name, port_size);
 }
 
@@ -506,11 +524,10 @@ int main(void)
 
 	boot(port_name, sizeof port_name);
 	port = open_port(port_name);
+	step("channel open");
 
-	struct timespec up;
 	char hello[64];
-	clock_gettime(CLOCK_BOOTTIME, &up);
-	int n = snprintf(hello, sizeof hello, "%s %ld", NK_VERSION, up.tv_sec * 1000 + up.tv_nsec / 1000000);
+	int n = snprintf(hello, sizeof hello, "%s %ld", NK_VERSION, uptime_ms());
 	send_frame(NK_F_HELLO, hello, (size_t)n);
 
 	for (;;) {

@@ -5,6 +5,7 @@
  * clone, and raw syscalls keep glibc's per-thread bookkeeping out of it.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -473,8 +474,17 @@ int op_exec_lookup(const struct op *op)
 	if (!file[0])
 		return failx(ENOENT, "exec: \"\": executable file not found in $PATH");
 	if (strchr(file, '/')) {
-		if (check_executable(file) < 0)
-			return fail(errno, "exec: \"%s\"", file);
+		if (check_executable(file) < 0) {
+			/* Go's wording, as runc prints it: a directory is "permission
+			 * denied", and lower case ("permission denied", "no such file or
+			 * directory"), which docker's CLI matches exactly to pick exit
+			 * code 126 or 127. */
+			int err = errno == EISDIR ? EACCES : errno;
+			char why[128];
+			snprintf(why, sizeof why, "%s", strerror(err));
+			why[0] = (char)tolower((unsigned char)why[0]);
+			return failx(err, "exec: \"%s\": %s", file, why);
+		}
 		snprintf(nk.exec_path, sizeof nk.exec_path, "%s", file);
 	} else {
 		const char *dir = path_env;

@@ -6,7 +6,7 @@ import { UsageError } from "../util/errors.ts";
 import type { FlagSpec } from "./args.ts";
 
 export function runtimeContext(global: GlobalOptions, traceFlag = false): RuntimeContext {
-  return { store: new StateStore(global.root), log: global.log, tracer: new Tracer(global.trace || traceFlag) };
+  return { store: new StateStore(global.root), log: global.log, tracer: new Tracer(global.trace || traceFlag), mode: global.mode };
 }
 
 /** runc's wording: `"start" requires exactly 1 argument(s)`. */

@@ -20,6 +20,7 @@ export const GLOBAL_FLAGS: FlagSpec[] = [
   { name: "rootless", kind: "string", value: "auto|true|false", help: "accepted for runc compatibility (detected automatically)" },
   { name: "criu", kind: "string", value: "PATH", help: "accepted for runc compatibility (checkpoint/restore is not supported)" },
   { name: "trace", kind: "bool", help: "print every planned operation as it is carried out, with the config.json field that caused it" },
+  { name: "mode", kind: "string", value: "container|vm", help: "run containers in namespaces (default) or each in its own microVM; the annotation io.nanokata.mode overrides" },
   { name: "help", short: "h", kind: "bool", help: "show help" },
   { name: "version", short: "v", kind: "bool", help: "print the version" },
 ];
@@ -42,6 +43,8 @@ export interface GlobalOptions {
   log: Logger;
   trace: boolean;
   systemdCgroup: boolean;
+  /** --mode: the runtime-wide default; a container's io.nanokata.mode annotation wins. */
+  mode: "container" | "vm";
 }
 
 type VerbLoader = () => Promise<{ default: Verb }>;
@@ -62,6 +65,7 @@ const VERBS: Record<string, VerbLoader> = {
   events: () => import("./verbs/events.ts"),
   update: () => import("./verbs/update.ts"),
   exec: () => import("./verbs/exec.ts"),
+  vm: () => import("./verbs/vm.ts"),
 };
 
 function defaultRoot(): string {
@@ -112,11 +116,14 @@ export async function main(argv: string[]): Promise<number> {
     if (g["systemd-cgroup"]) {
       throw new UsageError("--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs paths (linux.cgroupsPath)");
     }
+    const mode = (g.mode as string | undefined) ?? "container";
+    if (mode !== "container" && mode !== "vm") throw new UsageError(`invalid --mode ${JSON.stringify(mode)}: expected container or vm`);
     const global: GlobalOptions = {
       root: (g.root as string | undefined) ?? defaultRoot(),
       log,
       trace: Boolean(g.trace),
       systemdCgroup: false,
+      mode,
     };
     log.debug(`nk-runtime ${argv.join(" ")}`);
     return await verb.run(global, flags, args);

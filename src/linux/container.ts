@@ -24,6 +24,8 @@ export interface RuntimeContext {
   store: StateStore;
   log: Logger;
   tracer: Tracer;
+  /** --mode (default container); the spec's io.nanokata.mode annotation overrides it. */
+  mode?: "container" | "vm";
 }
 
 export interface CreateOptions {
@@ -48,6 +50,10 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
   const bundleDir = resolvePath(opts.bundle || ".");
   const { spec, bundle } = loadSpec(bundleDir);
   assertValidSpec(spec, { bundle, forCreate: true });
+  if (spec.annotations?.["io.nanokata.mode"] !== undefined || ctx.mode === "vm") {
+    const vm = await import("../vm/container.ts");
+    if (vm.selectMode(spec, ctx.mode) === "vm") return vm.createVmContainer(ctx, opts, { spec, bundle });
+  }
   const rootfs = realpathSync(resolvePath(bundle, spec.root!.path));
 
   const lock = ctx.store.claim(id);
@@ -369,6 +375,7 @@ export async function destroyContainer(ctx: RuntimeContext, record: ContainerRec
     cgroup.destroy();
     ctx.tracer.runtime("cgroup remove", "linux.cgroupsPath");
   }
+  if (record.mode === "vm") await (await import("../vm/container.ts")).destroyVm(ctx.store.dir(record.id));
   if (record.spec.hooks?.poststop?.length && record.phase === "created") {
     await runHooksLoggingFailures("poststop", record.spec.hooks.poststop, hookState(record, "stopped"), (m) => ctx.log.warn(m));
   }

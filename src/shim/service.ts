@@ -31,8 +31,8 @@ import type { Publisher } from "./events.ts";
 import * as m from "./messages.ts";
 import { EMPTY } from "./proto.ts";
 import { Code, TtrpcError, type Handler } from "./ttrpc.ts";
+import { SHIM_VERSION } from "./flags.ts";
 
-export const SHIM_VERSION = "0.1.0";
 export const RUNTIME_SPEC_PROCESS = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 export const RUNTIME_SPEC_RESOURCES = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
@@ -66,6 +66,7 @@ interface Task {
   /** The container has its own pid namespace (its processes all die with init). */
   ownPidNamespace: boolean;
   oomTimer?: ReturnType<typeof setInterval>;
+  oomCheck?: () => void;
   deleting?: Promise<m.DeleteResponse>;
 }
 
@@ -271,7 +272,11 @@ export class TaskService {
     proc.exitedAt = new Date();
     proc.stdio?.close();
     if (proc === task.init) {
-      if (task.oomTimer) clearInterval(task.oomTimer);
+      if (task.oomTimer) {
+        clearInterval(task.oomTimer);
+        // An OOM kill of init itself ends the container before the next poll: look once more.
+        task.oomCheck?.();
+      }
       task.oomTimer = undefined;
       task.paused = false;
       // Without a pid namespace of its own, the container's other processes
@@ -313,23 +318,26 @@ export class TaskService {
       return;
     }
     if (!cgroup) return;
-    task.oomTimer = setInterval(() => {
+    task.oomCheck = () => {
       let now = seen;
       try {
         now = cgroup!.oomKillCount();
       } catch {}
       if (now > seen) this.opts.publisher.publish({ topic: "/tasks/oom", containerId: task.id });
       seen = now;
-    }, 1000);
+    };
+    task.oomTimer = setInterval(task.oomCheck, 1000);
     task.oomTimer.unref?.();
   }
 
   async delete(r: m.ProcessRef): Promise<Uint8Array> {
     const { task, proc } = this.proc(r.id, r.execId);
     if (r.execId) {
-      if (proc.status === "running") throw grpc(Code.FAILED_PRECONDITION, `${describe(proc)} is still running`);
+      if (proc.status === "running" || proc.starting) throw grpc(Code.FAILED_PRECONDITION, `${describe(proc)} is still running`);
       task.execs.delete(r.execId);
       proc.stdio?.close();
+      // A Wait on an exec that never started ends with its deletion.
+      if (proc.status === "created") proc.markExited();
       return m.encodeDeleteResponse({ pid: proc.pid, exitStatus: proc.exitStatus, exitedAt: proc.exitedAt });
     }
     if (proc.status === "running") throw grpc(Code.FAILED_PRECONDITION, `cannot delete task ${task.id}: it is running`);
@@ -390,8 +398,8 @@ export class TaskService {
       const record = this.ctx.store.read(task.id);
       const cgroup = reopenRecordCgroup(record);
       if (cgroup) {
-        // A frozen process cannot act on the signal: killing a paused task thaws it (SIGKILL needs no action).
         cgroup.killAll(r.signal);
+        this.thawIfKilled(task, r.signal);
         return EMPTY;
       }
     }
@@ -401,7 +409,17 @@ export class TaskService {
       if ((e as NodeJS.ErrnoException).code === "ESRCH") throw grpc(Code.NOT_FOUND, `${describe(proc)}: process already finished`);
       throw e;
     }
+    if (!r.execId) this.thawIfKilled(task, r.signal);
     return EMPTY;
+  }
+
+  /** A frozen process cannot die: SIGKILL to a paused task thaws it (as runc does). */
+  private thawIfKilled(task: Task, signal: number): void {
+    if (signal !== 9 || !task.paused) return;
+    try {
+      reopenRecordCgroup(this.ctx.store.read(task.id))?.thaw();
+      task.paused = false;
+    } catch {}
   }
 
   exec(r: m.ExecProcessRequest): Uint8Array {

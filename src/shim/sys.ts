@@ -10,6 +10,8 @@ interface Sys {
   umount2(target: Uint8Array, flags: number): number;
   fcntl(fd: number, cmd: number, arg: number): number;
   ioctl(fd: number, req: number, arg: Uint8Array): number;
+  dup2(from: number, to: number): number;
+  setsid(): number;
   errno(): number;
   strerror(errno: number): string;
 }
@@ -25,6 +27,8 @@ function sys(): Sys {
     umount2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+    dup2: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    setsid: { args: [], returns: FFIType.i32 },
     strerror: { args: [FFIType.i32], returns: FFIType.ptr },
     __errno_location: { args: [], returns: FFIType.ptr },
   });
@@ -34,6 +38,8 @@ function sys(): Sys {
     umount2: (t, f) => s.umount2(t, f) as number,
     fcntl: (fd, cmd, arg) => s.fcntl(fd, cmd, arg) as number,
     ioctl: (fd, req, arg) => s.ioctl(fd, req, arg) as number,
+    dup2: (a, b) => s.dup2(a, b) as number,
+    setsid: () => s.setsid() as number,
     errno: () => read.i32(s.__errno_location() as Pointer, 0),
     strerror: (e) => new CString(s.strerror(e) as Pointer).toString(),
   };
@@ -93,4 +99,16 @@ export function setWindowSize(fd: number, rows: number, cols: number): void {
   v.setUint16(2, cols, true);
   const s = sys();
   if (s.ioctl(fd, TIOCSWINSZ, ws) !== 0) throw new SysError("ioctl", s.errno(), `TIOCSWINSZ fd ${fd}`);
+}
+
+/** dup2(2); throws on failure. */
+export function dup2(from: number, to: number): void {
+  const s = sys();
+  if (s.dup2(from, to) < 0) throw new SysError("dup2", s.errno(), `${from} -> ${to}`);
+}
+
+/** setsid(2): leave the caller's session (containerd's); returns 0 or the errno (EPERM for a group leader). */
+export function setsid(): number {
+  const s = sys();
+  return s.setsid() < 0 ? s.errno() : 0;
 }

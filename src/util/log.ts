@@ -12,8 +12,8 @@ export type LogLevel = "debug" | "info" | "warning" | "error";
 
 export class Logger {
   constructor(
-    private readonly file: string | undefined,
-    private readonly format: LogFormat,
+    readonly file: string | undefined,
+    readonly format: LogFormat,
     readonly debugEnabled: boolean,
   ) {}
 

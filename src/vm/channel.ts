@@ -63,7 +63,7 @@ export function readU32(payload: Uint8Array, index = 0): number {
 
 /** Splits a byte stream into frames; push() chunks as they arrive. */
 export class FrameReader {
-  private buf = new Uint8Array(0);
+  private buf: Uint8Array = new Uint8Array(0);
   constructor(private readonly onFrame: (type: number, payload: Uint8Array) => void) {}
 
   push(chunk: Uint8Array): void {

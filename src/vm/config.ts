@@ -3,7 +3,7 @@
  * built around. Every path can be overridden from the environment, so a
  * packaged install, CI and the tests can each point at their own.
  */
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { projectHome } from "../util/home.ts";
 
 /** Guest artefacts: the kernel, the initramfs, their stamp (never committed). */
@@ -59,4 +59,48 @@ export function virtiofsdPath(): string | undefined {
 export function firecrackerPath(): string | undefined {
   if (process.env.NK_FIRECRACKER) return existsSync(process.env.NK_FIRECRACKER) ? process.env.NK_FIRECRACKER : undefined;
   return findOnPath("firecracker");
+}
+
+/**
+ * The host TSC frequency in kHz, for the guest's tsc_early_khz: without it the
+ * guest calibrates its TSC against the emulated PIT, which under TCG is slow
+ * and sometimes hangs the boot. undefined when /proc/cpuinfo does not say.
+ */
+export function hostTscKhz(): number | undefined {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
+    return m ? Math.round(Number(m[1]) * 1000) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The guest kernel's command line. Trimmed for boot time: quiet, one 8250
+ * UART (the console, for diagnostics), no i8042 probing, no PCI (microvm has
+ * none), no mitigations (the VM boundary is the isolation), triple-fault
+ * reboot, panic reboots at once (with -no-reboot: the VMM exits).
+ */
+export function guestCmdline(opts: { tscKhz?: number; share: boolean; extra?: string }): string {
+  const parts = [
+    "console=ttyS0",
+    "quiet",
+    "loglevel=3",
+    "panic=-1",
+    "reboot=t",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nokbd",
+    "i8042.nopnp",
+    "8250.nr_uarts=1",
+    "mitigations=off",
+    "pci=off",
+    "random.trust_cpu=on",
+    "cryptomgr.notests",
+    `nk.port=${CHANNEL_PORT_NAME}`,
+  ];
+  if (opts.tscKhz) parts.push(`tsc_early_khz=${opts.tscKhz}`);
+  if (opts.share) parts.push(`nk.share=${SHARE_TAG}`);
+  if (opts.extra) parts.push(opts.extra);
+  return parts.join(" ");
 }

@@ -30,7 +30,7 @@ export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; c
     "-append", c.cmdline,
     "-serial", `file:${sockets.console}`,
     "-global", "virtio-mmio.force-legacy=false",
-    "-device", "virtio-serial-device,max_ports=1",
+    "-device", "virtio-serial-device,max_ports=2", // port 0 is reserved for a console
     "-chardev", `socket,id=nkch,path=${sockets.channel}`,
     "-device", `virtserialport,chardev=nkch,name=${c.channelName}`,
     "-chardev", `socket,id=qmp,path=${sockets.qmp}`,
@@ -57,8 +57,11 @@ function listenOnce(path: string): { server: Server; connection: Promise<Socket>
 /** A line-oriented QMP client: enough for capabilities negotiation and quit. */
 class Qmp {
   private buffered = "";
-  private waiters: Array<(msg: Record<string, unknown>) => void> = [];
+  private waiters: Array<{ resolve: (msg: Record<string, unknown>) => void; reject: (e: Error) => void }> = [];
   constructor(private readonly socket: Socket) {
+    socket.on("close", () => {
+      for (const w of this.waiters.splice(0)) w.reject(new VmError("qmp-closed", "QMP connection closed"));
+    });
     socket.on("data", (chunk: Buffer) => {
       this.buffered += chunk.toString("utf8");
       let nl: number;
@@ -73,14 +76,15 @@ class Qmp {
           continue;
         }
         if ("event" in msg) continue; // asynchronous events: not needed here
-        this.waiters.shift()?.(msg);
+        this.waiters.shift()?.resolve(msg);
       }
     });
     socket.on("error", () => {});
   }
   /** The greeting, then each command's answer, in order. */
   next(): Promise<Record<string, unknown>> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+    if (this.socket.destroyed) return Promise.reject(new VmError("qmp-closed", "QMP connection closed"));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
   command(execute: string): Promise<Record<string, unknown>> {
     const answer = this.next();
@@ -117,19 +121,26 @@ export class QemuDriver implements HypervisorDriver {
       qmpListen.server.close();
     };
     let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      const [channelSocket, qmpSocket] = await Promise.race([
-        Promise.all([channel.connection, qmpListen.connection]),
-        exited.then((code) => {
-          throw new VmError("hypervisor-failed", `qemu exited with ${code} while starting: ${stderr.trim() || "(no message)"}`);
-        }),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new VmError("hypervisor-timeout", `qemu did not connect its sockets within ${c.startTimeoutMs} ms`)), c.startTimeoutMs);
-        }),
-      ]);
+    // Until QMP has answered, QEMU may still refuse its command line (it
+    // connects its sockets before it checks every device).
+    const starting = async () => {
+      const [channelSocket, qmpSocket] = await Promise.all([channel.connection, qmpListen.connection]);
       const qmp = new Qmp(qmpSocket);
       await qmp.next(); // greeting
       await qmp.command("qmp_capabilities");
+      return { channelSocket, qmpSocket, qmp };
+    };
+    try {
+      const { channelSocket, qmpSocket, qmp } = await Promise.race([
+        starting(),
+        exited.then(async (code) => {
+          await new Promise((r) => setTimeout(r, 10)); // the last of stderr
+          throw new VmError("hypervisor-failed", `qemu exited with ${code} while starting: ${stderr.trim() || "(no message)"}`);
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new VmError("hypervisor-timeout", `qemu did not start within ${c.startTimeoutMs} ms`)), c.startTimeoutMs);
+        }),
+      ]);
       const pid = child.pid!;
       return {
         pid,

@@ -195,12 +195,20 @@ export function ptyRun(argv: string[], steps: { expect?: string; send: string }[
   }
 }
 
-/** Terminal output as plain lines: CRLF -> LF, escape sequences and the busybox banner's blank lines dropped. */
+/**
+ * Terminal output as plain lines: CRLF -> LF, escape sequences and NULs
+ * dropped, and the "resize pty" complaint ctr and docker log when a process
+ * exits before their resize reaches it (a race in the client, either runtime).
+ */
 export function plainTerminal(text: string): string {
   return text
     .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
+    .replace(/\0/g, "")
     .replace(/\r\n/g, "\n")
-    .replace(/\r/g, "");
+    .replace(/\r/g, "")
+    .split("\n")
+    .filter((line) => !/resize pty|failed to resize tty/.test(line))
+    .join("\n");
 }
 
 export function sleepMs(ms: number): void {
@@ -631,4 +639,53 @@ export function normalize(text: string, extra: [RegExp, string][] = []): string 
   return out
     .replace(/\b[0-9a-f]{64}\b/g, "<id>")
     .replace(/\b[0-9a-f]{12}\b/g, "<id12>");
+}
+
+// ------------------------------------------------------------- containerd
+
+export interface Containerd extends Daemon {
+  address: string;
+}
+
+/**
+ * containerd with everything private under dir/containerd: root, state, the
+ * gRPC/ttrpc sockets, and the "opt" plugin's directory (default /opt/containerd).
+ * No CRI plugin. `enter` runs it inside a network namespace.
+ */
+export async function startContainerd(dir: string, enter: string[] = []): Promise<Containerd> {
+  const base = join(dir, "containerd");
+  mkdirSync(base, { recursive: true });
+  const address = join(base, "containerd.sock");
+  const config = join(base, "config.toml");
+  writeFileSync(
+    config,
+    `version = 2
+root = "${join(base, "root")}"
+state = "${join(base, "state")}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "${address}"
+
+[ttrpc]
+  address = "${address}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${join(base, "opt")}"
+`,
+  );
+  const daemon = await startDaemon(
+    "containerd",
+    [...enter, "containerd", "--config", config],
+    join(base, "containerd.log"),
+    () => existsSync(address) && cmd(["ctr", "--address", address, "version"], { timeoutMs: 10_000 }).code === 0,
+    60_000,
+  );
+  return { ...daemon, address };
 }

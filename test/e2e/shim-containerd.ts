@@ -124,6 +124,12 @@ function mountsUnder(dir: string): string[] {
 export interface StartOptions {
   /** Extra environment for the daemon (and so for the shims it starts). */
   env?: Record<string, string>;
+  /**
+   * A shim command other than bin/containerd-shim-nanokata-v2: written as a
+   * script named containerd-shim-nanokata-v2 in a directory first on the
+   * daemon's PATH.
+   */
+  shimScript?: string;
 }
 
 export async function startContainerd(opts: StartOptions = {}): Promise<Containerd> {
@@ -153,7 +159,12 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   writeFileSync(join(dir, "config.toml"), config);
   const logPath = join(dir, "containerd.log");
   const logFd = openSync(logPath, "a");
-  const bin = join(repoRoot(), "bin");
+  let bin = join(repoRoot(), "bin");
+  if (opts.shimScript) {
+    bin = join(dir, "bin");
+    mkdirSync(bin);
+    writeFileSync(join(bin, "containerd-shim-nanokata-v2"), opts.shimScript, { mode: 0o755 });
+  }
   const daemon = spawn("containerd", ["--config", join(dir, "config.toml")], {
     stdio: ["ignore", logFd, logFd],
     env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}`, NK_SHIM_ROOT: shimRoot, NK_SHIM_SOCKET_DIR: socketDir, ...opts.env },

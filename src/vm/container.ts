@@ -1,0 +1,262 @@
+/**
+ * VM-mode lifecycle, the counterpart of src/linux/container.ts for a
+ * container that lives in its own microVM. `create` computes everything on
+ * the host (the guest plan, the VM's size, the accelerator), writes it as
+ * vm.json and starts the host process (host.ts), which boots the VM and
+ * reports back once the container's init is ready. From then on the host
+ * process is the container as far as state, `start` (the same exec fifo),
+ * `kill` (signals to its pid) and exit statuses go: container mode's code
+ * serves those verbs unchanged. `delete` adds destroyVm().
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join, resolve as resolvePath } from "node:path";
+import type { Spec } from "../spec/types.ts";
+import type { CreateOptions, RuntimeContext } from "../linux/container.ts";
+import type { ExecutorRun } from "../linux/executor.ts";
+import { compileContainerSeccomp } from "../linux/seccomp.ts";
+import { validateContainerId, type ContainerRecord } from "../state/store.ts";
+import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
+import { mkfifo } from "../util/libc.ts";
+import { projectHome } from "../util/home.ts";
+import { chooseAccelerator } from "./check.ts";
+import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
+import { VmError } from "./driver.ts";
+import { findImage } from "./image/build.ts";
+import { readLaunch, readPids, writeLaunch, type ProcRef, type VmLaunch } from "./launch.ts";
+import { buildGuestPlan, checkVmSupport } from "./plan.ts";
+
+/** The annotation that asks for VM mode per container (podman --annotation, Kubernetes pod annotations). */
+export const MODE_ANNOTATION = "io.nanokata.mode";
+
+export type RuntimeMode = "container" | "vm";
+
+/** The annotation wins over the runtime-wide --mode (a pod can ask for isolation). */
+export function selectMode(spec: Spec, globalMode: RuntimeMode | undefined): RuntimeMode {
+  const annotated = spec.annotations?.[MODE_ANNOTATION];
+  if (annotated === "vm" || annotated === "container") return annotated;
+  if (annotated !== undefined) throw new VmError("bad-mode", `annotations["${MODE_ANNOTATION}"]: must be "vm" or "container", not ${JSON.stringify(annotated)}`);
+  return globalMode ?? "container";
+}
+
+const MIB = 1 << 20;
+/** Guest kernel, agent and page cache on top of what the container may use. */
+const MEMORY_OVERHEAD_MIB = 96;
+const DEFAULT_MEMORY_MIB = 256;
+
+/** linux.resources -> the VM's size: the memory limit plus overhead, vCPUs from the CPU quota or cpuset. */
+export function vmSize(spec: Spec, hostCpus = availableParallelism()): { memoryMiB: number; vcpus: number } {
+  const r = spec.linux?.resources;
+  const limit = r?.memory?.limit;
+  const memoryMiB = limit && limit > 0 ? Math.max(128, Math.ceil(limit / MIB) + MEMORY_OVERHEAD_MIB) : DEFAULT_MEMORY_MIB;
+  let vcpus = 1;
+  if (r?.cpu?.quota && r.cpu.quota > 0) vcpus = Math.ceil(r.cpu.quota / (r.cpu.period || 100_000));
+  else if (r?.cpu?.cpus) vcpus = cpusetCount(r.cpu.cpus);
+  return { memoryMiB, vcpus: Math.max(1, Math.min(vcpus, hostCpus)) };
+}
+
+function cpusetCount(list: string): number {
+  let n = 0;
+  for (const part of list.split(",").filter(Boolean)) {
+    const [a, b] = part.split("-").map(Number);
+    n += b === undefined ? 1 : b! - a! + 1;
+  }
+  return n || 1;
+}
+
+const envMs = (name: string, fallback: number) => {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : fallback;
+};
+
+/** Unix socket paths must fit in 108 bytes: a long root or id moves the VM's sockets to a short private dir. */
+function vmRunDir(stateDir: string, id: string): string {
+  const preferred = join(stateDir, "vm");
+  if (preferred.length + "/channel.sock".length < 100) return preferred;
+  const hash = new Bun.CryptoHasher("sha256").update(`${stateDir}\0${id}`).digest("hex").slice(0, 16);
+  return join(tmpdir(), `nk-vm-${hash}`);
+}
+
+function hostEntry(): string {
+  const bundled = `${projectHome()}/dist/nk-runtime.js`;
+  return existsSync(bundled) ? bundled : `${projectHome()}/src/cli/main.ts`;
+}
+
+/** Read the host process's one JSON line from fd 3 (it closes the pipe after it). */
+function readReport(child: ChildProcess): Promise<Record<string, unknown>> {
+  return new Promise((resolve) => {
+    let text = "";
+    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+    pipe.on("data", (b: Buffer) => (text += b.toString("utf8")));
+    pipe.on("error", () => {});
+    pipe.on("end", () => {
+      try {
+        resolve(JSON.parse(text.split("\n")[0] ?? ""));
+      } catch {
+        resolve({});
+      }
+    });
+  });
+}
+
+export async function createVmContainer(
+  ctx: RuntimeContext,
+  opts: CreateOptions,
+  loaded: { spec: Spec; bundle: string },
+): Promise<ExecutorRun & { record: ContainerRecord }> {
+  const { spec, bundle } = loaded;
+  const id = validateContainerId(opts.id);
+  checkVmSupport(spec, opts);
+  const rootfs = realpathSync(resolvePath(bundle, spec.root!.path));
+  const cache = vmCacheDir();
+  const image = findImage(cache);
+  if (!image) throw new VmError("no-guest-image", `VM mode: no guest kernel and initramfs in ${cache}: run \`nk-runtime vm build-image\` (or point NK_VM_CACHE at a built one)`);
+  const driver = process.env.NK_VM_DRIVER === "firecracker" || (!qemuPath() && firecrackerPath()) ? "firecracker" : "qemu";
+  if (driver === "qemu" && !qemuPath()) throw new VmError("no-hypervisor", "VM mode: qemu-system-x86_64 not found (apt-get install qemu-system-x86, or set NK_QEMU)");
+  const virtiofsd = virtiofsdPath();
+  if (driver === "qemu" && !virtiofsd) throw new VmError("no-virtiofsd", "VM mode: virtiofsd not found (Debian's qemu-system-common has /usr/lib/qemu/virtiofsd; or set NK_VIRTIOFSD)");
+  if (driver === "firecracker") throw new VmError("vm-unsupported", "VM mode with Firecracker: the rootfs block image is not implemented yet; use QEMU");
+
+  const lock = ctx.store.claim(id);
+  const stateDir = ctx.store.dir(id);
+  let child: ChildProcess | undefined;
+  try {
+    const record: ContainerRecord = {
+      ociVersion: spec.ociVersion,
+      id,
+      pid: 0,
+      pidStartTime: "",
+      bundle,
+      rootfs,
+      created: new Date().toISOString(),
+      owner: "",
+      annotations: spec.annotations ?? {},
+      phase: "creating",
+      mode: "vm",
+      spec,
+    };
+    ctx.store.write(record);
+    const accel = await chooseAccelerator(image, { probe: true });
+    ctx.log.debug(`vm ${id}: accelerator ${accel.accel} (${accel.reason})`);
+    ctx.tracer.runtime(`accelerator ${accel.accel}: ${accel.reason}`, "vm");
+    const guest = buildGuestPlan({
+      spec,
+      bundle,
+      rootfs,
+      containerId: id,
+      noPivot: opts.noPivot,
+      noNewKeyring: opts.noNewKeyring,
+      seccomp: await compileContainerSeccomp(spec, ctx),
+      isDirectory: (p) => {
+        try {
+          return statSync(p).isDirectory();
+        } catch {
+          return true;
+        }
+      },
+    });
+    for (const note of guest.notes) {
+      ctx.log.warn(note);
+      ctx.tracer.note(note);
+    }
+    const runDir = vmRunDir(stateDir, id);
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    const hostFifo = ctx.store.fifoPath(id);
+    const err = mkfifo(hostFifo, 0o622);
+    if (err) throw new VmError("fifo-failed", `mkfifo ${hostFifo}: errno ${err}`);
+    const size = vmSize(spec);
+    const launch: VmLaunch = {
+      id,
+      driver,
+      vm: {
+        runDir,
+        kernel: image.vmlinux,
+        initramfs: image.initramfs,
+        cmdline: guestCmdline({ tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+        memoryMiB: size.memoryMiB,
+        vcpus: size.vcpus,
+        accel: accel.accel,
+        channelName: CHANNEL_PORT_NAME,
+        share: { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
+        startTimeoutMs: 10_000,
+      },
+      virtiofsd: { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
+      ops: guest.ops,
+      hostFifo,
+      guestFifo: guest.guestFifo,
+      bootTimeoutMs: envMs("NK_VM_BOOT_TIMEOUT_MS", 60_000),
+      readyTimeoutMs: envMs("NK_VM_READY_TIMEOUT_MS", 60_000),
+      trace: ctx.tracer.enabled,
+    };
+    writeLaunch(stateDir, launch);
+
+    const flags = [
+      ...(ctx.log.file ? ["--log", ctx.log.file] : []),
+      ...(ctx.log.format !== "text" ? ["--log-format", ctx.log.format] : []),
+      ...(ctx.log.debugEnabled ? ["--debug"] : []),
+    ];
+    // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
+    const host = spawn(process.execPath, [hostEntry(), ...flags, "vm", "host", stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
+    child = host;
+    const exited = new Promise<number>((resolve) => {
+      host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));
+      host.on("error", () => resolve(127));
+    });
+    // From here the host process stands for the container: a create killed midway is found by `delete --force`.
+    record.pid = host.pid!;
+    record.pidStartTime = readProcStat(host.pid!)?.startTime ?? "";
+    ctx.store.write(record);
+    const report = await readReport(host);
+    if (report.ready !== true) {
+      const message = typeof report.error === "string" ? report.error : `the VM host process exited (${await exited}) without a report`;
+      await exited;
+      throw new VmError(typeof report.code === "string" ? report.code : "vm-create-failed", `container ${id}: ${message}`);
+    }
+    record.phase = "created";
+    ctx.store.write(record);
+    ctx.tracer.runtime(`state ${stateDir}/state.json: created, host process ${record.pid} (guest init ${report.guestPid})`, "create");
+    if (opts.pidFile) writePidFile(opts.pidFile, record.pid);
+    if (!opts.foreground) host.unref();
+    return { initPid: record.pid, exited: opts.foreground ? exited : Promise.resolve(0), executor: host, record };
+  } catch (error) {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await destroyVm(stateDir);
+    ctx.store.remove(id);
+    throw error;
+  } finally {
+    lock.release();
+  }
+}
+
+function writePidFile(path: string, pid: number): void {
+  const temp = `${path}.${process.pid}.tmp`;
+  writeFileSync(temp, String(pid));
+  renameSync(temp, path);
+}
+
+async function stop(ref: ProcRef | undefined): Promise<void> {
+  if (!ref || !isSameLiveProcess(ref.pid, ref.startTime)) return;
+  try {
+    process.kill(ref.pid, "SIGKILL");
+  } catch {}
+  const deadline = Date.now() + 5000;
+  while (isSameLiveProcess(ref.pid, ref.startTime) && Date.now() < deadline) await Bun.sleep(2);
+}
+
+/**
+ * Stop whatever of a VM is still running -- the host process, the VMM,
+ * virtiofsd, by the pids the host process recorded -- and remove its
+ * socket directory when that lives outside the state directory.
+ */
+export async function destroyVm(stateDir: string): Promise<void> {
+  const pids = readPids(stateDir);
+  await stop(pids?.host);
+  await stop(pids?.vmm);
+  await stop(pids?.virtiofsd);
+  let runDir: string | undefined;
+  try {
+    runDir = readLaunch(stateDir).vm.runDir;
+  } catch {}
+  if (runDir && !runDir.startsWith(`${stateDir}/`)) rmSync(runDir, { recursive: true, force: true });
+}

@@ -1,0 +1,263 @@
+/**
+ * The host process of a VM-mode container (`nk-runtime vm host <state dir>`,
+ * started by `create`): to its clients it *is* the container. Its pid goes
+ * into state.json and --pid-file; it holds the stdio `create` was given and
+ * relays it; signals sent to it go to the container's init in the guest; it
+ * exits with the container's exit status.
+ *
+ * It boots the VM (virtiofsd, then the hypervisor), waits for the agent's
+ * HELLO, sends the plan `create` computed and answers the executor's sync
+ * lines (as src/linux/executor.ts does for container mode). On "ready" it
+ * tells `create` (a JSON line on fd 3) and then blocks on the host's exec
+ * fifo exactly as a container's init does, so `start` needs no VM knowledge.
+ * When the container exits: QMP quit, virtiofsd stopped, exit with the status.
+ */
+import { closeSync, read, writeSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { encodePlan, OpCode, Section } from "../plan/ops.ts";
+import { Tracer } from "../linux/trace.ts";
+import type { Logger } from "../util/log.ts";
+import { signalNumber } from "../util/signals.ts";
+import { readProcStat } from "../state/proc.ts";
+import { encodeFrame, Frame, FrameReader, readU32, STDIN_WINDOW, u32Payload } from "./channel.ts";
+import { VmError, type HypervisorDriver, type RunningVm } from "./driver.ts";
+import { readLaunch, writePids, type VmLaunch, type VmPids } from "./launch.ts";
+import { startVirtiofsd, tail } from "./virtiofsd.ts";
+
+/** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
+const RELAYED = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM", "SIGCONT", "SIGWINCH", "SIGTSTP", "SIGTTIN", "SIGTTOU"] as const;
+
+const REPORT_FD = 3;
+
+export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDriver> {
+  if (name === "firecracker") return new (await import("./firecracker.ts")).FirecrackerDriver();
+  return new (await import("./qemu.ts")).QemuDriver();
+}
+
+function writeBytes(fd: number, bytes: Uint8Array): void {
+  let at = 0;
+  while (at < bytes.length) {
+    try {
+      at += writeSync(fd, bytes, at);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EAGAIN") continue;
+      return; // EPIPE, EBADF: nobody reads that stream any more
+    }
+  }
+}
+
+const procRef = (pid: number) => ({ pid, startTime: readProcStat(pid)?.startTime ?? "" });
+
+export async function runHost(stateDir: string, log: Logger): Promise<number> {
+  const launch = readLaunch(stateDir);
+  const tracer = new Tracer(launch.trace);
+  const pids: VmPids = { host: procRef(process.pid) };
+  writePids(stateDir, pids);
+
+  let reportOpen = true;
+  const report = (msg: object) => {
+    if (!reportOpen) return;
+    try {
+      writeSync(REPORT_FD, JSON.stringify(msg) + "\n");
+      closeSync(REPORT_FD);
+    } catch {}
+    reportOpen = false;
+  };
+
+  let vm: RunningVm | undefined;
+  let virtiofsdPid = 0;
+  let finishing = false;
+  /** Stop everything we started and exit: the one way out. */
+  const finish = async (status: number, error?: VmError): Promise<never> => {
+    if (!finishing) {
+      finishing = true;
+      if (error) {
+        log.debug(`vm ${launch.id}: ${error.message}`);
+        if (reportOpen) report({ error: error.message, code: error.code });
+        else log.error(`container ${launch.id}: ${error.message}`);
+      }
+      await vm?.shutdown(2000).catch(() => {});
+      if (virtiofsdPid) {
+        try {
+          process.kill(virtiofsdPid, "SIGKILL");
+        } catch {}
+      }
+      process.exit(status);
+    }
+    return new Promise<never>(() => {});
+  };
+
+  let guestInit = 0;
+  for (const name of RELAYED) {
+    process.on(name, () => {
+      const signo = signalNumber(name)!;
+      if (guestInit && vm) vm.channel.write(encodeFrame(Frame.SIGNAL, u32Payload(guestInit, signo)));
+      else if (name !== "SIGCONT" && name !== "SIGWINCH") void finish(128 + signo, new VmError("vm-interrupted", `interrupted by ${name} before the container existed`));
+    });
+  }
+  process.on("SIGPIPE", () => {});
+
+  try {
+    const driver = await loadDriver(launch.driver);
+    const why = driver.unavailable();
+    if (why) throw new VmError("no-hypervisor", why);
+    if (launch.virtiofsd) {
+      virtiofsdPid = await startVirtiofsd(launch.virtiofsd);
+      pids.virtiofsd = procRef(virtiofsdPid);
+      writePids(stateDir, pids);
+      log.debug(`vm ${launch.id}: virtiofsd pid ${virtiofsdPid}`);
+    }
+    const started = Date.now();
+    vm = await driver.launch(launch.vm);
+    pids.vmm = procRef(vm.pid);
+    writePids(stateDir, pids);
+    log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms`);
+  } catch (e) {
+    return finish(1, e instanceof VmError ? e : new VmError("vm-start-failed", (e as Error).message));
+  }
+  const running = vm;
+  const consoleTail = () => tail(`${launch.vm.runDir}/console.log`, 8);
+
+  void running.exited.then((code) => {
+    if (!finishing) void finish(255, new VmError("vm-exited", `the VM exited (${code}) before the container did; console: ${consoleTail()}`));
+  });
+  const bootTimer = setTimeout(
+    () => void finish(1, new VmError("vm-boot-timeout", `the guest agent did not answer within ${launch.bootTimeoutMs} ms; console: ${consoleTail()}`)),
+    launch.bootTimeoutMs,
+  );
+  let readyTimer: ReturnType<typeof setTimeout> | undefined;
+  let failure: VmError | undefined;
+  let ready = false;
+  let syncBuffer = "";
+  const send = (type: (typeof Frame)[keyof typeof Frame], payload?: Uint8Array | string) => running.channel.write(encodeFrame(type, payload));
+
+  const onSyncLine = (line: string) => {
+    const [kind, ...rest] = line.split(" ");
+    if (kind === "ok" || kind === "err") {
+      const op = launch.ops[Number(rest[0])];
+      if (kind === "ok") {
+        if (op) tracer.op(op, rest.slice(1).join(" ") || "ok");
+        return;
+      }
+      const message = rest.slice(2).join(" ");
+      if (op) tracer.op(op, `failed: ${message}`);
+      failure = new VmError("executor-op-failed", op ? `${message} (${op.source})` : message);
+    } else if (kind === "pid") {
+      guestInit = Number(rest[0]);
+      pids.guestInit = { pid: guestInit, startTime: "" };
+      writePids(stateDir, pids);
+      send(Frame.SYNC, "go\n");
+    } else if (kind === "sync") {
+      send(Frame.SYNC, "go\n"); // hooks are refused at create; nothing to do at a sync point
+    } else if (kind === "ready") {
+      ready = true;
+      clearTimeout(readyTimer);
+      const at = launch.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
+      for (const op of launch.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
+      report({ ready: true, guestPid: guestInit });
+      void waitForStart();
+    }
+  };
+
+  /** Like a container's init: block on the host's exec fifo until `start` opens it. */
+  const waitForStart = async () => {
+    try {
+      const fifo = await open(launch.hostFifo, "w");
+      await fifo.write("0");
+      await fifo.close();
+    } catch (e) {
+      return finish(1, new VmError("start-failed", `exec fifo ${launch.hostFifo}: ${(e as Error).message}`));
+    }
+    send(Frame.START, launch.guestFifo);
+    void relayStdin();
+  };
+
+  let inFlight = 0;
+  let resumeStdin: (() => void) | undefined;
+  const relayStdin = async () => {
+    const buf = Buffer.alloc(65536);
+    for (;;) {
+      while (inFlight >= STDIN_WINDOW) await new Promise<void>((r) => (resumeStdin = r));
+      let n = 0;
+      try {
+        n = await new Promise<number>((resolve, reject) =>
+          read(0, buf, 0, buf.length, null, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+        );
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
+          await Bun.sleep(5);
+          continue;
+        }
+        n = 0; // EBADF (no stdin), EIO: as good as the end
+      }
+      send(Frame.STDIN, n ? buf.subarray(0, n) : undefined);
+      if (!n) return;
+      inFlight += n;
+    }
+  };
+
+  const reader = new FrameReader((type, payload) => {
+    switch (type) {
+      case Frame.HELLO: {
+        clearTimeout(bootTimer);
+        log.debug(`vm ${launch.id}: agent ${new TextDecoder().decode(payload)} (version, guest uptime ms)`);
+        tracer.runtime(`guest agent up: ${new TextDecoder().decode(payload)}`, "vm");
+        readyTimer = setTimeout(
+          () => void finish(1, new VmError("vm-ready-timeout", `container init in the guest was not ready within ${launch.readyTimeoutMs} ms`)),
+          launch.readyTimeoutMs,
+        );
+        send(Frame.PLAN, encodePlan(launch.ops));
+        break;
+      }
+      case Frame.SYNCOUT: {
+        syncBuffer += new TextDecoder().decode(payload);
+        let nl: number;
+        while ((nl = syncBuffer.indexOf("\n")) >= 0) {
+          const line = syncBuffer.slice(0, nl);
+          syncBuffer = syncBuffer.slice(nl + 1);
+          onSyncLine(line);
+        }
+        break;
+      }
+      case Frame.STDOUT:
+        writeBytes(1, payload);
+        break;
+      case Frame.STDERR:
+        writeBytes(2, payload);
+        break;
+      case Frame.STDIN_ACK:
+        inFlight -= readU32(payload);
+        if (inFlight < STDIN_WINDOW && resumeStdin) {
+          const r = resumeStdin;
+          resumeStdin = undefined;
+          r();
+        }
+        break;
+      case Frame.LOG:
+        log.warn(`vm ${launch.id}: agent: ${new TextDecoder().decode(payload)}`);
+        break;
+      case Frame.EXIT: {
+        const status = readU32(payload);
+        if (!ready) {
+          void finish(1, failure ?? new VmError("init-exited", `container init in the guest exited (${status}) before it was ready`));
+        } else void finish(status);
+        break;
+      }
+    }
+  });
+  running.channel.on("data", (chunk: Buffer) => {
+    try {
+      reader.push(chunk);
+    } catch (e) {
+      void finish(255, new VmError("channel-broken", (e as Error).message));
+    }
+  });
+  running.channel.on("error", () => {});
+  return new Promise<number>(() => {}); // finish() exits the process
+}
+
+/** Read the host process's one-line report (create's side of fd 3). */
+export function parseReport(line: string): { ready: true; guestPid: number } | { error: string; code: string } {
+  return JSON.parse(line);
+}

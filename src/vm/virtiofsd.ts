@@ -1,0 +1,104 @@
+/**
+ * The rootfs and bind sources reach a QEMU guest through one virtiofs share:
+ * a directory whose entries (`rootfs`, `m0`, ...) are bind mounts of the host
+ * paths. The binds are made in a private mount namespace that only virtiofsd
+ * lives in -- set up by the executor from a plan, like a container -- so they
+ * vanish with virtiofsd and never show on the host (nothing to unmount, even
+ * after a crash).
+ */
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { CLONE, MS } from "../plan/constants.ts";
+import { OpCode, Section, type PlanOp } from "../plan/ops.ts";
+import { runExecutor } from "../linux/executor.ts";
+import { Tracer } from "../linux/trace.ts";
+import { VmError } from "./driver.ts";
+import type { ShareEntry } from "./plan.ts";
+
+export interface VirtiofsdSetup {
+  binary: string;
+  socket: string;
+  shareDir: string;
+  entries: ShareEntry[];
+  logFile: string;
+}
+
+/** The executor's plan: a new mount namespace, the binds, then exec virtiofsd. Pure. */
+export function virtiofsdPlan(s: VirtiofsdSetup): PlanOp[] {
+  const op = (section: Section, code: OpCode, args: (string | number)[], source: string): PlanOp => ({
+    code,
+    section,
+    source,
+    args: args.map(String),
+  });
+  const argv = [s.binary, `--socket-path=${s.socket}`, "-o", `source=${s.shareDir}`, "-o", "cache=auto", "-o", "announce_submounts", "-o", "log_level=warn"];
+  return [
+    op(Section.Pre, OpCode.CLONE, [CLONE.NEWNS], "vm: virtiofsd in its own mount namespace"),
+    op(Section.Parent, OpCode.SEND_PID, [], "vm: virtiofsd pid"),
+    op(Section.Parent, OpCode.WAIT_GO, [], "vm"),
+    op(Section.Parent, OpCode.RELEASE_CHILD, [], "vm"),
+    op(Section.Parent, OpCode.EXIT, [], "vm"),
+    op(Section.Init, OpCode.WAIT_RELEASE, [], "vm"),
+    op(Section.Init, OpCode.MOUNT, ["", "/", "", MS.SLAVE | MS.REC, ""], "vm: no bind reaches the host"),
+    ...s.entries.map((e) =>
+      op(Section.Init, OpCode.MOUNT, [e.hostPath, join(s.shareDir, e.name), "", MS.BIND | MS.REC, ""], `vm: share ${e.name}`),
+    ),
+    op(Section.Init, OpCode.CLOSE_FDS, [0], "vm"),
+    op(Section.Init, OpCode.EXEC_LOOKUP, [s.binary, ""], "vm: virtiofsd"),
+    op(Section.Init, OpCode.REPORT_READY, [], "vm"),
+    op(Section.Init, OpCode.EXEC, [argv.length, ...argv], "vm: virtiofsd"),
+  ];
+}
+
+/** Start virtiofsd and wait for its vhost-user socket; returns its pid. */
+export async function startVirtiofsd(s: VirtiofsdSetup, timeoutMs = 10_000): Promise<number> {
+  mkdirSync(s.shareDir, { recursive: true });
+  // The mount points, made where only we can write (the share dir is ours).
+  for (const e of s.entries) {
+    const target = join(s.shareDir, e.name);
+    if (e.isDirectory) mkdirSync(target, { recursive: true });
+    else if (!existsSync(target)) writeFileSync(target, "");
+  }
+  const log = openSync(s.logFile, "a");
+  let pid = 0;
+  try {
+    const run = await runExecutor(virtiofsdPlan(s), {
+      preserveFds: 0,
+      tracer: new Tracer(false),
+      stdio: ["ignore", log, log],
+      onPid: (p) => {
+        pid = p;
+      },
+    });
+    pid = run.initPid;
+    await run.exited;
+  } catch (e) {
+    throw new VmError("virtiofsd-failed", `cannot start virtiofsd: ${(e as Error).message}`);
+  } finally {
+    closeSync(log);
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (!existsSync(s.socket)) {
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      alive = false;
+    }
+    if (!alive || Date.now() > deadline) {
+      const why = alive ? `no socket after ${timeoutMs} ms` : "it exited";
+      if (alive) process.kill(pid, "SIGKILL");
+      throw new VmError("virtiofsd-failed", `virtiofsd did not start (${why}): ${tail(s.logFile)}`);
+    }
+    await Bun.sleep(2);
+  }
+  return pid;
+}
+
+export function tail(path: string, lines = 5): string {
+  try {
+    return readFileSync(path, "utf8").trim().split("\n").slice(-lines).join(" | ") || "(empty log)";
+  } catch {
+    return "(no log)";
+  }
+}
