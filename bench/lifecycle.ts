@@ -8,6 +8,9 @@
  *
  * "Exited" is read from /proc/<pid>/stat (gone or zombie), not by polling
  * `state`, so the numbers measure the runtime rather than the polling.
+ *
+ * Then bench/shim.ts: `ctr run --rm ... true` through containerd with the
+ * nano-kata shim vs the runc shim, and each shim's idle RSS.
  */
 import { spawnSync } from "node:child_process";
 import { accessSync, closeSync, constants as fsConstants, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
@@ -15,6 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeBundle } from "../test/helpers/bundle.ts";
 import { repoRoot } from "../test/helpers/rootfs.ts";
+import { runShimBench } from "./shim.ts";
 
 interface Runtime {
   name: string;
@@ -118,16 +122,7 @@ function bench(runtime: Runtime, n: number, bundleDir: string): Result {
   return result;
 }
 
-function main(): number {
-  if (process.getuid?.() !== 0) {
-    console.error("the lifecycle benchmark runs real containers and needs root");
-    return 1;
-  }
-  const n = Number(process.env.NK_BENCH_N ?? "20");
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`NK_BENCH_N must be a positive integer, got ${process.env.NK_BENCH_N}`);
-    return 1;
-  }
+function main(n: number): number {
   const runtimes = candidates();
   if (runtimes.length === 0) {
     console.error("no runtime found (bin/nk-runtime, runc, crun)");
@@ -166,4 +161,21 @@ function main(): number {
   }
 }
 
-process.exit(main());
+function benchN(): number | undefined {
+  if (process.getuid?.() !== 0) {
+    console.error("the benchmarks run real containers and need root");
+    return undefined;
+  }
+  const n = Number(process.env.NK_BENCH_N ?? "20");
+  if (!Number.isInteger(n) || n < 1) {
+    console.error(`NK_BENCH_N must be a positive integer, got ${process.env.NK_BENCH_N}`);
+    return undefined;
+  }
+  return n;
+}
+
+const n = benchN();
+if (n === undefined) process.exit(1);
+const lifecycleStatus = main(n);
+const shimStatus = await runShimBench(n, (line) => console.log(line));
+process.exit(lifecycleStatus || shimStatus);

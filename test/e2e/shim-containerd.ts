@@ -1,7 +1,8 @@
 /**
  * A private containerd for the shim's end-to-end tests: its own root, state,
- * sockets and config (CRI plugin off), bin/ first on its PATH so that
- * `--runtime io.containerd.nanokata.v2` finds bin/containerd-shim-nanokata-v2,
+ * sockets and config (CRI plugin off unless `criConfig` is given), bin/
+ * first on its PATH so that `--runtime io.containerd.nanokata.v2` finds
+ * bin/containerd-shim-nanokata-v2,
  * and a busybox image made here as an OCI archive (layer, config, manifest
  * and index written by hand) and imported with `ctr images import`.
  *
@@ -10,7 +11,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
 
@@ -53,13 +54,24 @@ function sha256(data: Uint8Array | string): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
-/** An OCI image layout tar of the busybox test rootfs, written by hand. */
-export function buildImageArchive(dir: string): string {
-  const rootfs = ensureBusyboxRootfs();
-  const work = join(dir, "image");
+/** What goes into a hand-made single-layer image. */
+export interface ImageSource {
+  /** A directory whose tree becomes the one layer. */
+  rootfs: string;
+  /** The image name (annotation io.containerd.image.name). */
+  name: string;
+  /** The image config's `config` object (Env, Entrypoint, Cmd, WorkingDir). */
+  config: Record<string, unknown>;
+  /** The archive file name inside `dir`. */
+  file: string;
+}
+
+/** An OCI image layout tar (layer, config, manifest and index written by hand) of one directory tree. */
+export function buildOciArchive(dir: string, image: ImageSource): string {
+  const work = join(dir, `${image.file}.d`);
   mkdirSync(join(work, "blobs", "sha256"), { recursive: true });
-  const layerPath = join(dir, "layer.tar");
-  const tar = spawnSync("tar", ["--numeric-owner", "--owner=0", "--group=0", "-C", rootfs, "-cf", layerPath, "."], { encoding: "utf8" });
+  const layerPath = join(dir, `${image.file}.layer`);
+  const tar = spawnSync("tar", ["--numeric-owner", "--owner=0", "--group=0", "-C", image.rootfs, "-cf", layerPath, "."], { encoding: "utf8" });
   if (tar.status !== 0) throw new Error(`tar: ${tar.stderr}`);
   const layer = readFileSync(layerPath);
   const layerDigest = sha256(layer);
@@ -68,7 +80,7 @@ export function buildImageArchive(dir: string): string {
   const config = JSON.stringify({
     architecture: process.arch === "arm64" ? "arm64" : "amd64",
     os: "linux",
-    config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["sh"], WorkingDir: "/" },
+    config: image.config,
     rootfs: { type: "layers", diff_ids: [`sha256:${layerDigest}`] },
   });
   const configDigest = sha256(config);
@@ -82,6 +94,7 @@ export function buildImageArchive(dir: string): string {
   const manifestDigest = sha256(manifest);
   writeFileSync(join(work, "blobs", "sha256", manifestDigest), manifest);
   writeFileSync(join(work, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }));
+  const tag = image.name.slice(image.name.lastIndexOf(":") + 1);
   writeFileSync(
     join(work, "index.json"),
     JSON.stringify({
@@ -91,16 +104,26 @@ export function buildImageArchive(dir: string): string {
           mediaType: "application/vnd.oci.image.manifest.v1+json",
           digest: `sha256:${manifestDigest}`,
           size: Buffer.byteLength(manifest),
-          annotations: { "io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "test" },
+          annotations: { "io.containerd.image.name": image.name, "org.opencontainers.image.ref.name": tag },
         },
       ],
     }),
   );
-  const archive = join(dir, "busybox-oci.tar");
+  const archive = join(dir, image.file);
   const t = spawnSync("tar", ["-C", work, "-cf", archive, "oci-layout", "index.json", "blobs"], { encoding: "utf8" });
   if (t.status !== 0) throw new Error(`tar: ${t.stderr}`);
   rmSync(work, { recursive: true, force: true });
   return archive;
+}
+
+/** The busybox test rootfs as an OCI archive named IMAGE. */
+export function buildImageArchive(dir: string): string {
+  return buildOciArchive(dir, {
+    rootfs: ensureBusyboxRootfs(),
+    name: IMAGE,
+    config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["sh"], WorkingDir: "/" },
+    file: "busybox-oci.tar",
+  });
 }
 
 async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -130,6 +153,18 @@ export interface StartOptions {
    * daemon's PATH.
    */
   shimScript?: string;
+  /**
+   * Install the shim as the README says: a symlink to
+   * bin/containerd-shim-nanokata-v2 in a directory first on the daemon's
+   * PATH (instead of putting the checkout's bin/ there).
+   */
+  shimLink?: boolean;
+  /**
+   * Configuration of the CRI plugin, given the daemon's private directory: a
+   * TOML fragment appended to the config. When absent the CRI plugin is
+   * disabled.
+   */
+  criConfig?: (dir: string) => string;
 }
 
 export async function startContainerd(opts: StartOptions = {}): Promise<Containerd> {
@@ -145,7 +180,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     "version = 2",
     `root = "${root}"`,
     `state = "${state}"`,
-    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+    ...(opts.criConfig ? [] : ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']),
     "[grpc]",
     `  address = "${address}"`,
     "[ttrpc]",
@@ -154,6 +189,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     '  level = "debug"',
     '[plugins."io.containerd.internal.v1.opt"]',
     `  path = "${join(dir, "opt")}"`,
+    opts.criConfig?.(dir) ?? "",
     "",
   ].join("\n");
   writeFileSync(join(dir, "config.toml"), config);
@@ -164,6 +200,10 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     bin = join(dir, "bin");
     mkdirSync(bin);
     writeFileSync(join(bin, "containerd-shim-nanokata-v2"), opts.shimScript, { mode: 0o755 });
+  } else if (opts.shimLink) {
+    bin = join(dir, "bin");
+    mkdirSync(bin);
+    symlinkSync(join(repoRoot(), "bin", "containerd-shim-nanokata-v2"), join(bin, "containerd-shim-nanokata-v2"));
   }
   const daemon = spawn("containerd", ["--config", join(dir, "config.toml")], {
     stdio: ["ignore", logFd, logFd],
