@@ -211,6 +211,21 @@ export function plainTerminal(text: string): string {
     .join("\n");
 }
 
+/**
+ * What the interactive-shell scenarios type at the prompt. The BEGIN line
+ * marks where the commands' output starts: the echo of the typed line itself
+ * may be redrawn when the client resizes the terminal meanwhile (a race in
+ * the client, whatever the runtime).
+ */
+export const SHELL_INPUT = "echo BEGIN; tty; stty size; echo $((6*7)); exit 3\n";
+
+/** The output after the BEGIN marker line (see SHELL_INPUT), as plain lines. */
+export function shellOutput(terminal: string): string {
+  const text = plainTerminal(terminal);
+  const at = text.indexOf("\nBEGIN\n");
+  return at < 0 ? `(no BEGIN line in: ${JSON.stringify(text)})` : text.slice(at + "\nBEGIN\n".length);
+}
+
 export function sleepMs(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
@@ -643,6 +658,17 @@ export function normalize(text: string, extra: [RegExp, string][] = []): string 
 
 // ------------------------------------------------------------- containerd
 
+/**
+ * What containerd 1.6 creates outside its configured root and state: the
+ * shim socket directory /run/containerd/s (fixed in the shim), and the
+ * default runc root /run/containerd/runc/<namespace>, which the shim's
+ * cleanup of a failed create uses whatever --runc-root said. ctr's default
+ * fifo directory is avoided with --fifo-dir.
+ */
+export function containerdHostPaths(namespace: string): string[] {
+  return ["/run/containerd", "/run/containerd/s", "/run/containerd/runc", `/run/containerd/runc/${namespace}`];
+}
+
 export interface Containerd extends Daemon {
   address: string;
 }
@@ -688,4 +714,46 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     60_000,
   );
   return { ...daemon, address };
+}
+
+// ------------------------------------------------------ host paths clients create
+
+function isMountPoint(path: string): boolean {
+  return readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .some((l) => l.split(" ")[1] === path);
+}
+
+/**
+ * Paths outside the private work directory that a client creates by itself
+ * (hard-coded in it, e.g. podman's /run/netns bind mount and CNI's
+ * /var/lib/cni, dockerd's /run/docker/plugins). Snapshot them before the
+ * client runs; cleanup() removes those that are new (unmounting a new mount
+ * point first, rmdir for directories, so a directory with something left in
+ * it is reported, not removed).
+ */
+export class HostPaths {
+  private readonly existed: Set<string>;
+  private readonly mounted: Set<string>;
+
+  constructor(private readonly paths: string[]) {
+    this.existed = new Set(paths.filter((p) => existsSync(p)));
+    this.mounted = new Set(paths.filter((p) => isMountPoint(p)));
+  }
+
+  cleanup(): string[] {
+    const problems: string[] = [];
+    const deepestFirst = [...this.paths].sort((a, b) => b.split("/").length - a.split("/").length);
+    for (const path of deepestFirst) {
+      if (!this.mounted.has(path) && isMountPoint(path)) cmd(["umount", path]);
+      if (this.existed.has(path) || !existsSync(path)) continue;
+      try {
+        if (statSync(path).isDirectory()) rmdirSync(path);
+        else rmSync(path);
+      } catch (e) {
+        problems.push(`${path} (created by the client) could not be removed: ${(e as Error).message}: ${subdirs(path).concat(readdirSync(path)).join(", ")}`);
+      }
+    }
+    return problems;
+  }
 }

@@ -19,6 +19,7 @@ import {
   type CmdResult,
   type NetnsHolder,
   type Which,
+  HostPaths,
   busyboxTar,
   callShapes,
   cgroupTopLevel,
@@ -28,7 +29,9 @@ import {
   makeWorkDir,
   normalize,
   ok,
+  SHELL_INPUT,
   plainTerminal,
+  shellOutput,
   ptyRun,
   removeNewCgroupParents,
   removeScratch,
@@ -50,8 +53,27 @@ interface PodmanSetup {
   netns: NetnsHolder;
   logs: Record<Which, string>;
   cgroupsBefore: Map<string, Set<string>>;
+  hostPaths: HostPaths;
   seccompProfile: string;
 }
+
+/**
+ * What podman creates outside --root/--runroot/tmp_dir: the /run/netns bind
+ * mount for network namespaces (default network), CNI's IPAM state, and
+ * containers/image's blob-info cache (written by `podman import`).
+ */
+const PODMAN_HOST_PATHS = [
+  "/run/netns",
+  "/var/lib/cni",
+  "/var/lib/cni/networks",
+  "/var/lib/cni/networks/podman",
+  "/var/lib/cni/networks/podman/lock",
+  "/var/lib/cni/networks/podman/last_reserved_ip.0",
+  "/var/lib/cni/results",
+  "/var/lib/containers",
+  "/var/lib/containers/cache",
+  "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+];
 
 let setup: PodmanSetup | null = null;
 let tornDown = false;
@@ -108,6 +130,7 @@ function compare<T>(title: string, scenario: (which: Which) => T, checkReference
 async function setUp(): Promise<void> {
   const dir = makeWorkDir("podman");
   const cgroupsBefore = cgroupTopLevel();
+  const hostPaths = new HostPaths(PODMAN_HOST_PATHS);
   const netns = await startNetnsHolder();
   const logs = { runc: join(dir, "argv-runc.jsonl"), nk: join(dir, "argv-nanokata.jsonl") };
   const wrappers = {
@@ -147,7 +170,7 @@ runroot = "${join(dir, "runroot")}"
     JSON.stringify({ defaultAction: "SCMP_ACT_ALLOW", syscalls: [{ names: ["mkdir", "mkdirat"], action: "SCMP_ACT_ERRNO", errnoRet: 1 }] }),
   );
   const env = { ...process.env, CONTAINERS_CONF: join(dir, "containers.conf"), CONTAINERS_STORAGE_CONF: join(dir, "storage.conf") };
-  setup = { dir, env, netns, logs, cgroupsBefore, seccompProfile };
+  setup = { dir, env, netns, logs, cgroupsBefore, hostPaths, seccompProfile };
   ok(podman(null, ["import", busyboxTar(dir), IMAGE]));
 }
 
@@ -166,6 +189,7 @@ async function tearDown(): Promise<string[]> {
   for (const dir of leftoverCgroups("libpod_parent", ["conmon"])) problems.push(`container cgroup left: ${dir}`);
   await s.netns.stop();
   problems.push(...removeNewCgroupParents(s.cgroupsBefore, ["libpod_parent"]));
+  problems.push(...s.hostPaths.cleanup());
   problems.push(...(await sweepWorkDir(s.dir)));
   removeScratch();
   return problems;
@@ -202,6 +226,18 @@ describe("podman on nano-kata vs runc", () => {
       };
     },
     (ref) => expect(ref).toEqual({ missing: 127, missingSaysWhy: true, notExec: 126, notExecSaysWhy: true, highest: 255 }),
+  );
+
+  compare(
+    "--ulimit above the hard limit: without CAP_SYS_RESOURCE both fail with 126, and the error names the rlimit",
+    (w) => {
+      const hard = /^Max open files\s+\d+\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1];
+      const above = Number(hard ?? "1048576") + 1;
+      const r = podman(w, [...RUN, "--rm", "--ulimit", `nofile=${above}:${above}`, IMAGE, "true"]);
+      if (w === "nk" && r.code !== 0) expect(r.stderr).toContain("RLIMIT_NOFILE");
+      return { code: r.code };
+    },
+    (ref) => expect([0, 126]).toContain(ref.code),
   );
 
   compare(
@@ -242,14 +278,14 @@ describe("podman on nano-kata vs runc", () => {
       const stdin = observe(podman(w, ["exec", "-i", c, "cat"], { input: "data through stdin\n" }));
       const opts = observe(podman(w, ["exec", "--user", "1000:1000", "--env", "FOO=bar", "--workdir", "/tmp", c, "sh", "-c", 'id; echo "$FOO"; pwd']));
       const tty = ptyRun(podmanArgv(w, ["exec", "-t", c, "sh", "-c", "tty; [ -t 0 ] && echo stdin-is-a-tty; exit 6"]), [], 30_000, setup!.env);
-      const interactive = ptyRun(podmanArgv(w, ["exec", "-it", c, "sh"]), [{ expect: "# ", send: "echo $((6*7)); exit 5\n" }], 30_000, setup!.env);
+      const interactive = ptyRun(podmanArgv(w, ["exec", "-it", c, "sh"]), [{ expect: "# ", send: "echo BEGIN; echo $((6*7)); exit 5\n" }], 30_000, setup!.env);
       pod(w, ["rm", "--force", "--time", "0", c]);
       return {
         plain,
         stdin,
         opts,
         tty: { code: tty.code, output: plainTerminal(tty.output) },
-        interactive: { code: interactive.code, output: plainTerminal(interactive.output) },
+        interactive: { code: interactive.code, output: shellOutput(interactive.output) },
       };
     },
     (ref) => {
@@ -258,19 +294,19 @@ describe("podman on nano-kata vs runc", () => {
       expect(ref.opts.stdout).toBe("uid=1000(user) gid=1000(user)\nbar\n/tmp\n");
       expect(ref.tty).toEqual({ code: 6, output: "/dev/pts/0\nstdin-is-a-tty\n" });
       expect(ref.interactive.code).toBe(5);
-      expect(ref.interactive.output).toContain("42");
+      expect(ref.interactive.output).toBe("42\n");
     },
   );
 
   compare(
     "run -it: an interactive shell on a terminal (console socket)",
     (w) => {
-      const r = ptyRun(podmanArgv(w, [...RUN, "--rm", "-it", IMAGE, "sh"]), [{ expect: "# ", send: "tty; stty size; echo $((6*7)); exit 3\n" }], 30_000, setup!.env);
-      return { code: r.code, output: plainTerminal(r.output) };
+      const r = ptyRun(podmanArgv(w, [...RUN, "--rm", "-it", IMAGE, "sh"]), [{ expect: "# ", send: SHELL_INPUT }], 30_000, setup!.env);
+      return { code: r.code, output: shellOutput(r.output) };
     },
     (ref) => {
       expect(ref.code).toBe(3);
-      expect(ref.output).toContain("/dev/pts/0\n24 80\n42\n");
+      expect(ref.output).toBe("/dev/pts/0\n24 80\n42\n");
     },
   );
 
