@@ -7,6 +7,11 @@ let home: string | undefined;
 export function projectHome(): string {
   if (home) return home;
   if (process.env.NK_HOME) return (home = process.env.NK_HOME);
+  // The compiled executable (dist/nk-runtime) run directly: the project is its parent's parent.
+  if (!process.execPath.endsWith("/bun") && !process.execPath.endsWith("/bun.exe")) {
+    const candidate = dirname(dirname(process.execPath));
+    if (existsSync(`${candidate}/native/build/nk-exec`)) return (home = candidate);
+  }
   let dir = import.meta.dir;
   while (dir !== "/" && !existsSync(`${dir}/package.json`)) dir = dirname(dir);
   return (home = dir);
