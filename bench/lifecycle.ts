@@ -10,7 +10,8 @@
  * `state`, so the numbers measure the runtime rather than the polling.
  *
  * Then bench/shim.ts: `ctr run --rm ... true` through containerd with the
- * nano-kata shim vs the runc shim, and each shim's idle RSS.
+ * nano-kata shim vs the runc shim, and each shim's idle RSS; then
+ * bench/clients.ts: `podman run --rm` and `docker run --rm` of `true`.
  */
 import { spawnSync } from "node:child_process";
 import { accessSync, closeSync, constants as fsConstants, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
@@ -18,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeBundle } from "../test/helpers/bundle.ts";
 import { repoRoot } from "../test/helpers/rootfs.ts";
+import { runClientsBench } from "./clients.ts";
 import { runShimBench } from "./shim.ts";
 
 interface Runtime {
@@ -178,4 +180,5 @@ const n = benchN();
 if (n === undefined) process.exit(1);
 const lifecycleStatus = main(n);
 const shimStatus = await runShimBench(n, (line) => console.log(line));
-process.exit(lifecycleStatus || shimStatus);
+const clientsStatus = await runClientsBench((line) => console.log(line));
+process.exit(lifecycleStatus || shimStatus || clientsStatus);

@@ -718,6 +718,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 // ------------------------------------------------------ host paths clients create
 
+/**
+ * What podman creates outside --root/--runroot/tmp_dir: the /run/netns bind
+ * mount for network namespaces (default network), CNI's IPAM state, and
+ * containers/image's blob-info cache (written by `podman import`).
+ */
+export const PODMAN_HOST_PATHS = [
+  "/run/netns",
+  "/var/lib/cni",
+  "/var/lib/cni/networks",
+  "/var/lib/cni/networks/podman",
+  "/var/lib/cni/networks/podman/lock",
+  "/var/lib/cni/networks/podman/last_reserved_ip.0",
+  "/var/lib/cni/results",
+  "/var/lib/containers",
+  "/var/lib/containers/cache",
+  "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+];
+
+/** What dockerd creates outside its data and exec roots (its plugin socket directory). */
+export const DOCKER_HOST_PATHS = ["/run/docker", "/run/docker/plugins"];
+
 function isMountPoint(path: string): boolean {
   return readFileSync("/proc/self/mounts", "utf8")
     .split("\n")

@@ -22,6 +22,7 @@ import {
   type NetnsHolder,
   type Which,
   HostPaths,
+  DOCKER_HOST_PATHS,
   containerdHostPaths,
   busyboxTar,
   callShapes,
@@ -71,7 +72,6 @@ interface DockerSetup {
 }
 
 /** What dockerd creates outside its data and exec roots (its plugin socket directory). */
-const DOCKER_HOST_PATHS = ["/run/docker", "/run/docker/plugins"];
 
 let setup: DockerSetup | null = null;
 let tornDown = false;

@@ -20,6 +20,7 @@ import {
   type NetnsHolder,
   type Which,
   HostPaths,
+  PODMAN_HOST_PATHS,
   busyboxTar,
   callShapes,
   cgroupTopLevel,
@@ -62,19 +63,6 @@ interface PodmanSetup {
  * mount for network namespaces (default network), CNI's IPAM state, and
  * containers/image's blob-info cache (written by `podman import`).
  */
-const PODMAN_HOST_PATHS = [
-  "/run/netns",
-  "/var/lib/cni",
-  "/var/lib/cni/networks",
-  "/var/lib/cni/networks/podman",
-  "/var/lib/cni/networks/podman/lock",
-  "/var/lib/cni/networks/podman/last_reserved_ip.0",
-  "/var/lib/cni/results",
-  "/var/lib/containers",
-  "/var/lib/containers/cache",
-  "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
-];
-
 let setup: PodmanSetup | null = null;
 let tornDown = false;
 
