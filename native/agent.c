@@ -306,7 +306,13 @@ static void start_executor(const unsigned char *plan, size_t len)
 		close(sigfd);
 		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
 			_exit(1);
-		/* everything else is close-on-exec, and nk_execute sets that on pair[1] */
+		/* The agent's ends must go now, not at execve: stage0 never execs
+		 * (it stays as the monitor), and a stdin write end it kept would
+		 * keep the container from ever reading end-of-file. */
+		close(pair[0]);
+		close(in[1]);
+		close(out[0]);
+		close(err[0]);
 		_exit(nk_execute(pair[1]));
 	}
 	close(pair[1]);
@@ -370,6 +376,8 @@ static void write_stdin(void)
 			close_fd(&ex.in);
 		}
 	}
+	if (debug)
+		dprintf(2, "nk-agent: %ld ms: stdin: wrote %zu of %zu (%s)\n", uptime_ms(), done, ex.pending_len, strerror(errno));
 	if (done) {
 		memmove(ex.pending, ex.pending + done, ex.pending_len - done);
 		ex.pending_len -= done;
@@ -406,6 +414,8 @@ static void reap(void)
 
 static void handle_frame(unsigned type, const unsigned char *p, size_t len)
 {
+	if (debug)
+		dprintf(2, "nk-agent: %ld ms: frame %u, %zu bytes\n", uptime_ms(), type, len);
 	switch (type) {
 	case NK_F_PLAN:
 		start_executor(p, len);

@@ -9,7 +9,7 @@
  * serves those verbs unchanged. `delete` adds destroyVm().
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 import type { Spec } from "../spec/types.ts";
@@ -78,9 +78,9 @@ function vmRunDir(stateDir: string, id: string): string {
   return join(tmpdir(), `nk-vm-${hash}`);
 }
 
-function hostEntry(): string {
-  const bundled = `${projectHome()}/dist/nk-runtime.js`;
-  return existsSync(bundled) ? bundled : `${projectHome()}/src/cli/main.ts`;
+/** The CLI, however it is built (bin/nk-runtime picks the compiled binary or the sources). */
+function cliPath(): string {
+  return `${projectHome()}/bin/nk-runtime`;
 }
 
 /** Read the host process's one JSON line from fd 3 (it closes the pipe after it). */
@@ -197,7 +197,7 @@ export async function createVmContainer(
       ...(ctx.log.debugEnabled ? ["--debug"] : []),
     ];
     // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
-    const host = spawn(process.execPath, [hostEntry(), ...flags, "vm", "host", stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
+    const host = spawn(cliPath(), [...flags, "vm", "host", stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
     child = host;
     const exited = new Promise<number>((resolve) => {
       host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));

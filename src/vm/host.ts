@@ -83,6 +83,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
           process.kill(virtiofsdPid, "SIGKILL");
         } catch {}
       }
+      log.debug(`vm ${launch.id}: VM stopped; exit ${status}`);
       process.exit(status);
     }
     return new Promise<never>(() => {});
@@ -153,6 +154,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     } else if (kind === "ready") {
       ready = true;
       clearTimeout(readyTimer);
+      log.debug(`vm ${launch.id}: container init ready in the guest (pid ${guestInit})`);
       const at = launch.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
       for (const op of launch.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
       report({ ready: true, guestPid: guestInit });
@@ -170,6 +172,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       return finish(1, new VmError("start-failed", `exec fifo ${launch.hostFifo}: ${(e as Error).message}`));
     }
     send(Frame.START, launch.guestFifo);
+    log.debug(`vm ${launch.id}: started`);
     void relayStdin();
   };
 
@@ -239,6 +242,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
         break;
       case Frame.EXIT: {
         const status = readU32(payload);
+        log.debug(`vm ${launch.id}: container exited (${status})`);
         if (!ready) {
           void finish(1, failure ?? new VmError("init-exited", `container init in the guest exited (${status}) before it was ready`));
         } else void finish(status);

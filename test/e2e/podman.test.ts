@@ -58,11 +58,6 @@ interface PodmanSetup {
   seccompProfile: string;
 }
 
-/**
- * What podman creates outside --root/--runroot/tmp_dir: the /run/netns bind
- * mount for network namespaces (default network), CNI's IPAM state, and
- * containers/image's blob-info cache (written by `podman import`).
- */
 let setup: PodmanSetup | null = null;
 let tornDown = false;
 

@@ -15,7 +15,6 @@ import { join } from "node:path";
 import { repoRoot } from "../helpers/rootfs.ts";
 import {
   containerStdout,
-  createContainer,
   deleteForce,
   describeResult,
   integrationSkipReason,
@@ -92,6 +91,12 @@ async function expectNothingLeft(id: string): Promise<void> {
   expect(processesNaming(dir)).toEqual([]);
 }
 
+/** `create` in VM mode, the container's stdio going to the bundle's log files. */
+function vcreate(b: Bundle, flags: string[] = [], env = VM_ENV) {
+  const paths = outputPaths(b);
+  return rt(["--mode", "vm", "create", "--bundle", b.dir, ...flags, b.id], { env, stdoutPath: paths.stdout, stderrPath: paths.stderr, timeoutMs: VM_TIMEOUT });
+}
+
 const used: string[] = [];
 function vmBundle(args: string[], override?: (c: Record<string, any>) => void): Bundle {
   const b = newBundle({ args, override });
@@ -165,9 +170,7 @@ describe("VM mode (QEMU microvm)", () => {
   testIf(SKIP, "create, state, start, kill, delete; --pid-file names the host process that stands for the container", async () => {
     const b = vmBundle(["sh", "-c", "echo started; exec sleep 600"]);
     const pidFile = join(b.dir, "pid");
-    const created = createContainer(b, { pidFile, flags: [] }, b.id);
-    // createContainer() has no --mode: the annotation-free bundle needs it; redo through vrt if it ran in container mode.
-    expect(created.code).toBe(0);
+    ok(vcreate(b, ["--pid-file", pidFile]));
     let s = state(b.id);
     expect(s.status).toBe("created");
     const pid = Number(readFileSync(pidFile, "utf8"));
@@ -186,7 +189,7 @@ describe("VM mode (QEMU microvm)", () => {
 
   testIf(SKIP, "a signal sent to the host process reaches the container's process", () => {
     const b = vmBundle(["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done"]);
-    ok(createContainer(b));
+    ok(vcreate(b));
     ok(startContainer(b.id));
     waitUntil("the trap to be set", () => containerStdout(b).includes("ready"), 30_000);
     ok(rt(["kill", b.id, "TERM"]));
@@ -243,7 +246,7 @@ describe("VM mode (QEMU microvm)", () => {
     // rdinit=/bin/sh boots busybox instead of the agent: the VM runs, the agent never says HELLO.
     const env = { ...VM_ENV, NK_VM_CMDLINE_EXTRA: "rdinit=/bin/sh", NK_VM_BOOT_TIMEOUT_MS: "3000" };
     const started = Date.now();
-    const r = vrt(["create", "--bundle", b.dir, b.id], { env });
+    const r = vcreate(b, [], env);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("the guest agent did not answer within 3000 ms");
     expect(Date.now() - started).toBeLessThan(30_000);
@@ -261,7 +264,7 @@ describe("VM mode (QEMU microvm)", () => {
 
   testIf(SKIP, "delete --force of a running VM container stops the VM", async () => {
     const b = vmBundle(["sleep", "600"]);
-    ok(createContainer(b));
+    ok(vcreate(b));
     ok(startContainer(b.id));
     waitForStatus(b.id, "running");
     const dir = join(stateRoot(), b.id);
@@ -275,5 +278,3 @@ describe("VM mode (Firecracker)", () => {
   const reason = which("firecracker") ? "the Firecracker driver boots no container yet (its rootfs block image is not implemented)" : "no firecracker binary on PATH (it cannot be installed here: the driver follows the documented API but is untested)";
   testIf(reason, "a container runs under Firecracker", () => {});
 });
-
-void outputPaths;
