@@ -3,13 +3,14 @@
  * /init. It is the executor (nk-exec.c, the same ops as container mode) plus
  * a loop that speaks the channel protocol of agent.h with the host over a
  * virtio-serial port. It decides nothing: the host computed the plan, chose
- * the port and share names (kernel command line: nk.port=, nk.share=), and
- * the image builder chose the modules and their order.
+ * the port, share and cgroup names (kernel command line: nk.port=, nk.share=,
+ * nk.cgroup=), and the image builder chose the modules and their order.
  *
  * Boot: mount /proc, /sys, /dev; load /modules/ *.ko in name order; move into
  * a tmpfs root (pivot_root refuses the initramfs itself, and the container's
- * pivot_root needs a real mount above it); mount cgroup2 and the virtiofs
- * share; open the port; say HELLO. Then, for each PLAN: fork an executor with
+ * pivot_root needs a real mount above it); mount cgroup2 and make the
+ * container's cgroup (nk.cgroup=); mount the virtiofs share; open the port;
+ * say HELLO. Then, for each PLAN: fork an executor with
  * pipes for stdio and a socketpair for its sync socket, and relay frames until
  * it exits (EXIT with its status). As PID 1 the agent reaps every orphan.
  * When the host goes away (the port hangs up) or the agent fails, the guest
@@ -209,7 +210,7 @@ static void leave_initramfs(void)
 
 static void boot(char *port_name, size_t port_size)
 {
-	char share[128], flag[8];
+	char share[128], flag[8], cgroup[64];
 	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	debug = *cmdline_value("nk.debug", flag, sizeof flag) == '1';
 	step("started");
@@ -219,6 +220,13 @@ static void boot(char *port_name, size_t port_size)
 	step("modules loaded");
 	leave_initramfs();
 	mount_or_die("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	/* The container's cgroup; the plan writes its limits and moves stage0 in. */
+	if (*cmdline_value("nk.cgroup", cgroup, sizeof cgroup) && !strchr(cgroup, '/')) {
+		char dir[160];
+		snprintf(dir, sizeof dir, "/sys/fs/cgroup/%s", cgroup);
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+			fatal("make the container's cgroup");
+	}
 	mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666");
 	mount_or_die("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
 	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
@@ -377,7 +385,7 @@ static void write_stdin(void)
 		}
 	}
 	if (debug)
-		dprintf(2, "nk-agent: %ld ms: stdin: wrote %zu of %zu (%s)\n", uptime_ms(), done, ex.pending_len, strerror(errno));
+		dprintf(2, "nk-agent: %ld ms: stdin: wrote %zu of %zu\n", uptime_ms(), done, ex.pending_len);
 	if (done) {
 		memmove(ex.pending, ex.pending + done, ex.pending_len - done);
 		ex.pending_len -= done;
@@ -427,7 +435,9 @@ static void handle_frame(unsigned type, const unsigned char *p, size_t len)
 	case NK_F_STDIN:
 		if (len == 0) {
 			ex.in_eof = 1;
-		} else if (ex.in >= 0) {
+		} else if (ex.in < 0) {
+			send_u32(NK_F_STDIN_ACK, (uint32_t)len); /* nobody reads it: dropped, but acknowledged */
+		} else {
 			if (ex.pending_len + len > ex.pending_cap) {
 				size_t cap = ex.pending_len + len + STDIN_CHUNK;
 				char *grown = realloc(ex.pending, cap);
@@ -442,7 +452,10 @@ static void handle_frame(unsigned type, const unsigned char *p, size_t len)
 		write_stdin();
 		break;
 	case NK_F_SIGNAL:
-		if (len == 8 && kill((pid_t)le32(p), (int)le32(p + 4)) < 0)
+		/* One process only: never 0 or -1 (a group, everyone) and never the agent. */
+		if (len != 8 || le32(p) <= 1 || le32(p) > INT32_MAX)
+			say("signal frame for pid %u refused", len == 8 ? le32(p) : 0);
+		else if (kill((pid_t)le32(p), (int)le32(p + 4)) < 0)
 			say("kill %u %u: %s", le32(p), le32(p + 4), strerror(errno));
 		break;
 	case NK_F_START:

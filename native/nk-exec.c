@@ -292,6 +292,7 @@ static const struct op_info op_table[] = {
 	[OP_RELEASE_CHILD] = {"RELEASE_CHILD", PARENT, "", op_release_child},
 	[OP_EXIT] = {"EXIT", PARENT, "", op_in_run_loop},
 	[OP_MONITOR] = {"MONITOR", PARENT, "s", op_monitor},
+	[OP_RUN_ID_MAP_HELPER] = {"RUN_ID_MAP_HELPER", PARENT, "sss*", op_run_id_map_helper},
 	[OP_WAIT_RELEASE] = {"WAIT_RELEASE", INIT, "", op_wait_release},
 	[OP_MOUNT] = {"MOUNT", INIT, "sssds", op_mount},
 	[OP_MOUNT_IN_ROOT] = {"MOUNT_IN_ROOT", INIT, "ssssdsss", op_mount_in_root},
@@ -330,6 +331,7 @@ static const struct op_info op_table[] = {
 	[OP_SET_DUMPABLE] = {"SET_DUMPABLE", ANY, "i", op_set_dumpable},
 	[OP_SYNC] = {"SYNC", INIT, "s", op_sync},
 	[OP_RUN_HOOK] = {"RUN_HOOK", INIT, "sibis*", op_run_hook},
+	[OP_WRITE_PROC_ATTR] = {"WRITE_PROC_ATTR", INIT, "ss", op_write_proc_attr},
 };
 #define OP_TABLE_SIZE (sizeof op_table / sizeof op_table[0])
 

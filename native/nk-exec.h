@@ -112,6 +112,12 @@ int op_mask_path(const struct op *op);
 int op_readonly_path(const struct op *op);
 int op_remount_ro(const struct op *op);
 
+/* ops-idmap.c: newuidmap/newgidmap for a rootless caller's id ranges */
+int op_run_id_map_helper(const struct op *op);
+
+/* ops-lsm.c: AppArmor/SELinux attributes through /proc/self/attr */
+int op_write_proc_attr(const struct op *op);
+
 /* ops-tty.c: console socket, pty setup, the monitor role */
 int op_connect_console(const struct op *op);
 int op_setup_terminal(const struct op *op);

@@ -27,6 +27,7 @@
 #define OP_RELEASE_CHILD 14
 #define OP_EXIT 15
 #define OP_MONITOR 16
+#define OP_RUN_ID_MAP_HELPER 17
 
 /* Init: the container's first process */
 #define OP_WAIT_RELEASE 20
@@ -67,5 +68,10 @@
 #define OP_SYNC 57
 #define OP_RUN_HOOK 58
 #define OP_LOOPBACK_UP 59
+#define OP_WRITE_PROC_ATTR 60
+
+/* RUN_ID_MAP_HELPER: an argument exactly equal to this becomes the child's
+ * pid (CHILD_PID_PLACEHOLDER in src/plan/ops.ts). */
+#define NK_CHILD_PID_PLACEHOLDER "{pid}"
 
 #endif

@@ -32,7 +32,11 @@ export type CgroupErrorCode =
   /** destroy: rmdir failed for another reason. */
   | "cgroup-remove-failed"
   /** A saved cgroup record (state file) is malformed or points outside the cgroup root. */
-  | "cgroup-state-invalid";
+  | "cgroup-state-invalid"
+  /** bpf(2) refused to load, attach, query or detach the cgroup v2 device program (errno set). */
+  | "cgroup-bpf-failed"
+  /** An eBPF program the test interpreter (ebpf-interpret.ts) refuses, as the kernel's verifier would. */
+  | "cgroup-bpf-invalid";
 
 /** The one error class of the cgroups area. */
 export class CgroupError extends NanoKataError {

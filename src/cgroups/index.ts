@@ -19,6 +19,8 @@ export { CgroupError, type CgroupErrorCode } from "./errors.ts";
 export { detectCgroupLayout, parseMountInfo, v2DrivenControllers, type CgroupLayout, type CgroupLayoutKind } from "./detect.ts";
 export { parseSelfCgroup, resolveCgroupPath, DEFAULT_CGROUP_PARENT, type SelfCgroup, type CgroupPathResolver } from "./path.ts";
 export { deviceRulesToV1Writes, DEFAULT_ALLOWED_DEVICE_RULES, type DeviceWrite } from "./devices.ts";
+export { compileDeviceProgram, emulateDeviceCgroup, type DeviceProgram, type DeviceCgroupModel } from "./devices-ebpf.ts";
+export { bpfSyscalls, type BpfSyscalls, type BpfProgramInfo } from "./bpf-syscall.ts";
 export { cpuSharesToWeight, blkioWeightToIoWeight, memorySwapToV2 } from "./convert.ts";
 export type { ControlWrite, ControlWriteTracer } from "./control-files.ts";
 export type { CgroupStats } from "./stats.ts";

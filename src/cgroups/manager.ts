@@ -8,8 +8,11 @@
  */
 import { existsSync, mkdirSync, rmdirSync } from "node:fs";
 import { dirname, relative } from "node:path";
-import type { LinuxResources } from "../spec/types.ts";
+import type { LinuxDeviceCgroup, LinuxResources } from "../spec/types.ts";
+import { bpfSyscalls, type BpfSyscalls } from "./bpf-syscall.ts";
 import { ControlFiles, sleepMs, type ControlWriteTracer } from "./control-files.ts";
+import { emulateDeviceCgroup, type DeviceCgroupModel } from "./devices-ebpf.ts";
+import { deviceRulesToV1Writes } from "./devices.ts";
 import { CgroupError, errnoCode } from "./errors.ts";
 import type { CgroupManager, SavedCgroup, SavedHierarchy } from "./index.ts";
 import { applyCpusetLists, applyPids, applyRdma, childCgroupDirs, readPidsStats, readProcsRecursive } from "./shared.ts";
@@ -20,8 +23,10 @@ import * as v2 from "./v2.ts";
 export interface ManagerOptions {
   /** Called with every control-file write (for --trace and tests). */
   trace?: ControlWriteTracer;
-  /** Called for settings accepted but not enforced (v2 device rules for now). */
+  /** Called for settings accepted but not carried out in full (a device rule v1 semantics make a no-op). */
   warn?: (message: string) => void;
+  /** bpf(2) for the cgroup v2 device program; tests pass an in-memory kernel. Default: the real one. */
+  bpf?: BpfSyscalls;
   /** How long destroy waits for the cgroup to empty (default 1000 ms). */
   destroyTimeoutMs?: number;
   /** How long freeze waits for FROZEN (default 2000 ms). */
@@ -226,21 +231,42 @@ export class HierarchyCgroupManager implements CgroupManager {
     }
   }
 
+  /**
+   * Device rules: the v1 devices controller where it is mounted (hybrid hosts
+   * included), else an eBPF program on the unified cgroup. Both give the
+   * same answers for the same rules (devices-ebpf.ts).
+   */
   private applyDevices(r: LinuxResources): void {
     const rules = r.devices ?? [];
     const dir = this.v1Dir("devices");
     if (dir !== undefined) {
       v1.applyV1Devices(this.io, dir, rules);
+      this.warnIneffectiveDeviceRules(rules);
       return;
     }
-    if (this.v2Hierarchy()) {
-      // TODO(v2 devices): compile the rules to a BPF_PROG_TYPE_CGROUP_DEVICE
-      // program and attach it to the cgroup (DESIGN.md). Until then device
-      // rules are not enforced on cgroup v2; say so rather than stay silent.
-      if (rules.length > 0) this.options.warn?.("linux.resources.devices: not enforced on cgroup v2 yet (device eBPF program not implemented)");
+    const unified = this.v2Hierarchy();
+    if (unified) {
+      const installed = v2.applyV2Devices(this.bpf(), unified.dir, rules);
+      this.warnIneffectiveDeviceRules(rules, installed.program.model.ignored);
       return;
     }
     throw new CgroupError("cgroup-resource-unsupported", "linux.resources.devices: not supported by this host (no devices controller is mounted)");
+  }
+
+  private bpf(): BpfSyscalls {
+    return this.options.bpf ?? bpfSyscalls();
+  }
+
+  /** The v2 device program lives on the unified cgroup when no v1 devices controller takes the rules. */
+  private devicesOnV2(): SavedHierarchy | undefined {
+    return this.v1Dir("devices") === undefined ? this.v2Hierarchy() : undefined;
+  }
+
+  private warnIneffectiveDeviceRules(rules: readonly LinuxDeviceCgroup[], ignored?: DeviceCgroupModel["ignored"]): void {
+    if (!this.options.warn) return;
+    for (const entry of ignored ?? emulateDeviceCgroup(deviceRulesToV1Writes(rules)).ignored) {
+      this.options.warn(`${entry.field}: "${entry.rule}" does not change access granted or refused by "${entry.survivor}" (device cgroups match exceptions exactly)`);
+    }
   }
 
   // ------------------------------------------------------------ freezer
@@ -355,6 +381,17 @@ export class HierarchyCgroupManager implements CgroupManager {
         throw new CgroupError("cgroup-busy", `cgroup still has processes: ${list}`);
       }
       sleepMs(10);
+    }
+
+    // Processes are gone: take the device program off before rmdir, so it is
+    // freed now rather than when the kernel releases the dead cgroup.
+    const devices = this.devicesOnV2();
+    if (devices && created.includes(devices.dir) && existsSync(devices.dir)) {
+      try {
+        v2.removeV2DevicePrograms(this.bpf(), devices.dir);
+      } catch {
+        // rmdir below releases the program as well.
+      }
     }
 
     const remaining = new Set(created);

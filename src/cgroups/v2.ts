@@ -6,16 +6,16 @@
  * File names and value formats: Documentation/admin-guide/cgroup-v2.rst.
  *
  * Devices: v2 has no devices.allow/deny; device access is an eBPF program
- * (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the cgroup. Compiling and
- * attaching it is a follow-up (DESIGN.md: "the device cgroup program for
- * cgroup v2"); until then the v2 driver leaves linux.resources.devices
- * unenforced, which the manager notes in its code.
+ * (BPF_PROG_TYPE_CGROUP_DEVICE, compiled by devices-ebpf.ts) attached to the
+ * cgroup with bpf(2) (bpf-syscall.ts).
  */
 import { readdirSync } from "node:fs";
 import { dirname } from "node:path";
-import type { LinuxBlockIO, LinuxCPU, LinuxHugepageLimit, LinuxMemory } from "../spec/types.ts";
+import type { LinuxBlockIO, LinuxCPU, LinuxDeviceCgroup, LinuxHugepageLimit, LinuxMemory } from "../spec/types.ts";
+import { BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI, BPF_PROG_TYPE_CGROUP_DEVICE, type BpfSyscalls } from "./bpf-syscall.ts";
 import { formatInteger, parseIntegerFile, parseKeyValues, sleepMs, type ControlFiles } from "./control-files.ts";
 import { blkioWeightToIoWeight, cpuSharesToWeight, memorySwapToV2, requireInteger, requirePageSize, requireRange } from "./convert.ts";
+import { compileDeviceProgram, type DeviceProgram } from "./devices-ebpf.ts";
 import { CgroupError } from "./errors.ts";
 import { UNLIMITED, hugetlbPageSizes, type BlkioEntry, type CgroupStats, type MemoryEntryStats } from "./stats.ts";
 import { deviceId } from "./v1.ts";
@@ -206,6 +206,111 @@ export function applyV2Unified(io: ControlFiles, dir: string, unified: Record<st
       );
     }
     io.write(dir, key, value, field);
+  }
+}
+
+// ---------------------------------------------------------------- devices
+
+/**
+ * prog_name of nano-kata's device programs. Update and destroy find the
+ * program to replace by it (and by type), among those attached to the
+ * container's own cgroup, so nothing has to be saved in the state file and a
+ * program someone else attached there is left alone.
+ */
+export const DEVICE_PROGRAM_NAME = "nk_devices";
+/** Device programs use no GPL-only helpers, so any license string loads. */
+const DEVICE_PROGRAM_LICENSE = "Apache-2.0";
+
+export interface InstalledDeviceProgram {
+  program: DeviceProgram;
+  /** The kernel's id of the attached program (bpftool prog show id N). */
+  id: number;
+  /** Size after the verifier, in bytes. */
+  xlatedBytes: number;
+  /** How many earlier nano-kata device programs it replaced. */
+  replaced: number;
+}
+
+function devicesError(error: unknown, dir: string): CgroupError {
+  if (error instanceof CgroupError) {
+    const message = error.message.startsWith("linux.resources.devices") ? error.message : `linux.resources.devices: ${error.message} (cgroup ${dir})`;
+    return new CgroupError(error.code, message, error.errno);
+  }
+  return new CgroupError("cgroup-bpf-failed", `linux.resources.devices: ${(error as Error).message} (cgroup ${dir})`);
+}
+
+/** Fds of nano-kata's device programs attached to the cgroup itself; other fds are closed. */
+function ourDevicePrograms(bpf: BpfSyscalls, cgroupFd: number): number[] {
+  const fds: number[] = [];
+  for (const id of bpf.progQuery(cgroupFd, BPF_CGROUP_DEVICE)) {
+    let fd: number;
+    try {
+      fd = bpf.progFdById(id);
+    } catch (error) {
+      // Detached and freed since the query: nothing to replace.
+      if ((error as CgroupError).errno === "ENOENT") continue;
+      throw error;
+    }
+    const info = bpf.progInfo(fd);
+    if (info.type === BPF_PROG_TYPE_CGROUP_DEVICE && info.name === DEVICE_PROGRAM_NAME) fds.push(fd);
+    else bpf.close(fd);
+  }
+  return fds;
+}
+
+/**
+ * Enforces linux.resources.devices on a v2 cgroup: compiles the rules, loads
+ * the program and attaches it (BPF_F_ALLOW_MULTI, so programs of ancestor
+ * cgroups keep applying too), then detaches the program it replaces. Between
+ * attach and detach both apply, which can only refuse more, never allow
+ * more; if loading or attaching fails, the previous program stays.
+ */
+export function applyV2Devices(bpf: BpfSyscalls, dir: string, rules: readonly LinuxDeviceCgroup[]): InstalledDeviceProgram {
+  const program = compileDeviceProgram(rules);
+  const fds: number[] = [];
+  try {
+    const cgroupFd = bpf.openCgroup(dir);
+    fds.push(cgroupFd);
+    const previous = ourDevicePrograms(bpf, cgroupFd);
+    fds.push(...previous);
+    const progFd = bpf.progLoad({ type: BPF_PROG_TYPE_CGROUP_DEVICE, bytecode: program.bytecode, license: DEVICE_PROGRAM_LICENSE, name: DEVICE_PROGRAM_NAME });
+    fds.push(progFd);
+    bpf.progAttach(cgroupFd, progFd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI);
+    for (const fd of previous) bpf.progDetach(cgroupFd, fd, BPF_CGROUP_DEVICE);
+    const info = bpf.progInfo(progFd);
+    return { program, id: info.id, xlatedBytes: info.xlatedBytes, replaced: previous.length };
+  } catch (error) {
+    throw devicesError(error, dir);
+  } finally {
+    // The cgroup holds its own reference to an attached program.
+    for (const fd of fds.reverse()) bpf.close(fd);
+  }
+}
+
+/**
+ * Detaches nano-kata's device programs from a cgroup (destroy does this just
+ * before rmdir, which would release them anyway, a moment later). Returns how
+ * many; a cgroup already gone has none.
+ */
+export function removeV2DevicePrograms(bpf: BpfSyscalls, dir: string): number {
+  const fds: number[] = [];
+  try {
+    let cgroupFd: number;
+    try {
+      cgroupFd = bpf.openCgroup(dir);
+    } catch (error) {
+      if ((error as CgroupError).errno === "ENOENT") return 0;
+      throw error;
+    }
+    fds.push(cgroupFd);
+    const ours = ourDevicePrograms(bpf, cgroupFd);
+    fds.push(...ours);
+    for (const fd of ours) bpf.progDetach(cgroupFd, fd, BPF_CGROUP_DEVICE);
+    return ours.length;
+  } catch (error) {
+    throw devicesError(error, dir);
+  } finally {
+    for (const fd of fds.reverse()) bpf.close(fd);
   }
 }
 

@@ -9,7 +9,7 @@ import { capabilityNumber } from "../spec/capabilities.ts";
 import { rlimitNumber } from "../spec/rlimits.ts";
 import { CLONE, MS, NAMESPACES } from "./constants.ts";
 import { parseMountOptions } from "./mount-options.ts";
-import { OpCode, Section, type PlanOp } from "./ops.ts";
+import { CHILD_PID_PLACEHOLDER, OpCode, Section, type PlanOp } from "./ops.ts";
 import { PlanError } from "./errors.ts";
 
 /** One cgroup hierarchy as the container should see it at a `cgroup` mount. */
@@ -22,6 +22,39 @@ export interface CgroupMountSource {
   /** The container's own cgroup directory on the host, bind-mounted when there is no cgroup namespace. */
   hostPath: string;
 }
+
+/**
+ * Who runs the runtime, for user namespace id maps (src/linux/rootless.ts
+ * gathers it). The kernel lets a process without CAP_SETUID/CAP_SETGID in
+ * the parent namespace write only a one-line map of its own effective id,
+ * and a gid map only after "deny" went to /proc/<pid>/setgroups
+ * (user_namespaces(7)); other ranges need the setuid helpers.
+ */
+export interface CallerFacts {
+  /** Not root (effective uid != 0): rootless rules apply. */
+  rootless: boolean;
+  euid: number;
+  egid: number;
+  /** Absolute paths of newuidmap/newgidmap (Debian package uidmap), when installed. */
+  newuidmap?: string;
+  newgidmap?: string;
+}
+
+export const ROOT_CALLER: CallerFacts = { rootless: false, euid: 0, egid: 0 };
+
+/** Which Linux security modules the host enforces (src/linux/lsm.ts detects them). */
+export interface LsmFacts {
+  apparmor: boolean;
+  /**
+   * Where AppArmor takes "exec <profile>", below /proc/self/attr:
+   * "apparmor/exec" (the per-LSM directory, Linux 5.8+) or the older shared
+   * "exec".
+   */
+  apparmorExecAttr: "apparmor/exec" | "exec";
+  selinux: boolean;
+}
+
+export const NO_LSM: LsmFacts = { apparmor: false, apparmorExecAttr: "exec", selinux: false };
 
 export interface PlanInput {
   spec: Spec;
@@ -42,6 +75,10 @@ export interface PlanInput {
   seccomp?: CompiledSeccompFilter;
   /** Host fact: is this bind source a directory (else the target is created as a file)? */
   isDirectory: (hostPath: string) => boolean;
+  /** Host fact: who runs the runtime (default: root). */
+  caller?: CallerFacts;
+  /** Host fact: enforcing LSMs (default: none). */
+  lsm?: LsmFacts;
 }
 
 const DEFAULT_DEVICES: Array<{ path: string; major: number; minor: number }> = [
@@ -103,6 +140,16 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
     throw new PlanError("mount-ns-required", "linux.namespaces: a mount namespace is required (nano-kata sets up the rootfs inside it)");
   }
   const userNs = hasNs("user");
+  const caller = input.caller ?? ROOT_CALLER;
+  if (caller.rootless && !userNs) {
+    throw new PlanError(
+      "rootless-user-ns-required",
+      `linux.namespaces: nk-runtime runs as uid ${caller.euid}, not root, so the container needs a user namespace (\`nk-runtime spec --rootless\` writes one)`,
+    );
+  }
+  const lsm = input.lsm ?? NO_LSM;
+  assertLsmAvailable(process, spec.linux?.mountLabel, lsm);
+  const mountLabel = lsm.selinux ? spec.linux?.mountLabel || undefined : undefined;
 
   // ---- Pre: host-side preparations, then join existing namespaces ----
   b.pre(OpCode.FIFO_PREPARE, [input.fifoDir, "exec.fifo"], "create (exec fifo: start releases the container)");
@@ -139,15 +186,18 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
   for (const type of ["user", "pid", "network", "ipc", "uts", "mount"] as const) {
     if (isNew(type)) cloneFlags |= NAMESPACES[type].flag;
   }
+  const rootlessUserNs = caller.rootless && isNew("user");
+  if (rootlessUserNs) {
+    // The child inherits stage0's non-dumpable flag, and a non-dumpable
+    // process's /proc files belong to root: stage0 (or newuidmap, which
+    // checks who owns /proc/<pid>) could not open the child's uid_map.
+    b.pre(OpCode.SET_DUMPABLE, [1], "linux.namespaces (rootless: the child's /proc/<pid> must be the caller's for its id maps)");
+  }
   b.pre(OpCode.CLONE, [cloneFlags], "linux.namespaces");
 
   // ---- Parent: id maps, report the pid, wait for the cgroup, release ----
-  if (isNew("user")) {
-    const map = (m: { containerID: number; hostID: number; size: number }[] | undefined) =>
-      (m ?? []).map((e) => `${e.containerID} ${e.hostID} ${e.size}`).join("\n");
-    if (spec.linux?.uidMappings?.length) b.parent(OpCode.WRITE_CHILD_PROC, ["uid_map", map(spec.linux.uidMappings)], "linux.uidMappings");
-    if (spec.linux?.gidMappings?.length) b.parent(OpCode.WRITE_CHILD_PROC, ["gid_map", map(spec.linux.gidMappings)], "linux.gidMappings");
-  }
+  if (rootlessUserNs) b.parent(OpCode.SET_DUMPABLE, [0], "create (stage0 non-dumpable again, CVE-2019-5736)");
+  const { setgroupsDenied } = isNew("user") ? planIdMaps(b, spec, caller) : { setgroupsDenied: false };
   b.parent(OpCode.SEND_PID, [], "create (report init pid)");
   b.parent(OpCode.WAIT_GO, [], "linux.cgroupsPath (runtime places init in its cgroup)");
   b.parent(OpCode.RELEASE_CHILD, [], "create");
@@ -162,9 +212,13 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
     b.init(OpCode.SETRESUID, [0], "linux.namespaces (become root of the new user namespace)");
   }
   if (isNew("cgroup")) b.init(OpCode.UNSHARE, [CLONE.NEWCGROUP], `linux.namespaces[${nsIndex("cgroup")}]`);
+  if (!input.noNewKeyring && lsm.selinux && process.selinuxLabel) {
+    // runc's order: new keys (the session keyring first) take the process's label.
+    b.init(OpCode.WRITE_PROC_ATTR, ["keycreate", process.selinuxLabel], "process.selinuxLabel (label of the session keyring)");
+  }
   if (!input.noNewKeyring) b.init(OpCode.JOIN_KEYRING, [`_ses.${input.containerId}`], "create (session keyring; --no-new-keyring skips)");
 
-  planRootfs(b, input, userNs, notes);
+  planRootfs(b, input, userNs, mountLabel, notes);
 
   if (spec.hostname !== undefined && isNew("uts")) b.init(OpCode.SETHOSTNAME, [spec.hostname], "hostname");
   if (spec.domainname !== undefined && isNew("uts")) b.init(OpCode.SETDOMAINNAME, [spec.domainname], "domainname");
@@ -183,11 +237,99 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
     seccomp: input.seccomp,
     verb: "create",
     startContainerHooks: spec.hooks?.startContainer,
+    lsm,
+    setgroupsDenied,
   });
   return { ops: b.ops, cloneFlags, terminal, notes };
 }
 
-function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, notes: string[]): void {
+type IdMapping = { containerID: number; hostID: number; size: number };
+
+/**
+ * The uid/gid maps of a new user namespace, written by stage0 once the
+ * child exists. Root writes any map itself. A rootless caller writes a map
+ * that is just its own id ("0 <uid> 1"), with setgroups denied before the
+ * gid map as the kernel demands of it; any other map goes through
+ * newuidmap/newgidmap, which check /etc/subuid and /etc/subgid and leave
+ * setgroups allowed. Returns whether setgroups(2) is denied in the namespace.
+ */
+export function planIdMaps(b: PlanBuilder, spec: Spec, caller: CallerFacts): { setgroupsDenied: boolean } {
+  const uidMappings = spec.linux?.uidMappings ?? [];
+  const gidMappings = spec.linux?.gidMappings ?? [];
+  const lines = (m: IdMapping[]) => m.map((e) => `${e.containerID} ${e.hostID} ${e.size}`).join("\n");
+  if (!caller.rootless) {
+    if (uidMappings.length) b.parent(OpCode.WRITE_CHILD_PROC, ["uid_map", lines(uidMappings)], "linux.uidMappings");
+    if (gidMappings.length) b.parent(OpCode.WRITE_CHILD_PROC, ["gid_map", lines(gidMappings)], "linux.gidMappings");
+    return { setgroupsDenied: false };
+  }
+  const ownIdOnly = (m: IdMapping[], id: number) => m.length === 1 && m[0]!.size === 1 && m[0]!.hostID === id;
+  const helperArgs = (m: IdMapping[]) => m.flatMap((e) => [e.containerID, e.hostID, e.size]);
+  const needMapping = (field: string, kind: string, id: number) =>
+    new PlanError("rootless-mapping-required", `${field}: a rootless container needs a mapping of the caller's ${kind} (e.g. {"containerID": 0, "hostID": ${id}, "size": 1})`);
+  const needHelper = (field: string, kind: string, id: number, helper: string, file: string) =>
+    new PlanError(
+      "rootless-mapping-unsupported",
+      `${field}: without root, only the caller's own ${kind} ${id} (one id) can be mapped directly; other ids need ${helper} ` +
+        `(apt-get install uidmap) and ranges in ${file}`,
+    );
+
+  if (!uidMappings.length) throw needMapping("linux.uidMappings", "uid", caller.euid);
+  if (!gidMappings.length) throw needMapping("linux.gidMappings", "gid", caller.egid);
+  if (ownIdOnly(uidMappings, caller.euid)) {
+    b.parent(OpCode.WRITE_CHILD_PROC, ["uid_map", lines(uidMappings)], "linux.uidMappings (the caller's own uid)");
+  } else if (caller.newuidmap) {
+    const args = [caller.newuidmap, "newuidmap", CHILD_PID_PLACEHOLDER, ...helperArgs(uidMappings)];
+    b.parent(OpCode.RUN_ID_MAP_HELPER, args, "linux.uidMappings (ranges from /etc/subuid: newuidmap)");
+  } else {
+    throw needHelper("linux.uidMappings", "uid", caller.euid, "newuidmap", "/etc/subuid");
+  }
+  if (ownIdOnly(gidMappings, caller.egid)) {
+    b.parent(OpCode.WRITE_CHILD_PROC, ["setgroups", "deny"], "linux.gidMappings (an unprivileged gid map needs setgroups denied first)");
+    b.parent(OpCode.WRITE_CHILD_PROC, ["gid_map", lines(gidMappings)], "linux.gidMappings (the caller's own gid)");
+    return { setgroupsDenied: true };
+  }
+  if (caller.newgidmap) {
+    const args = [caller.newgidmap, "newgidmap", CHILD_PID_PLACEHOLDER, ...helperArgs(gidMappings)];
+    b.parent(OpCode.RUN_ID_MAP_HELPER, args, "linux.gidMappings (ranges from /etc/subgid: newgidmap)");
+    return { setgroupsDenied: false };
+  }
+  throw needHelper("linux.gidMappings", "gid", caller.egid, "newgidmap", "/etc/subgid");
+}
+
+/**
+ * runc's behaviour when the host lacks the LSM a field asks for: it refuses
+ * rather than run the container unconfined (checked against runc 1.1.5 on a
+ * host with neither LSM). An SELinux label fails its config validation; an
+ * AppArmor profile fails at init, when the write to /proc/self/attr/exec
+ * returns EINVAL; a mount label makes the first tmpfs mount fail with
+ * EINVAL. nano-kata refuses all three before anything runs.
+ */
+export function assertLsmAvailable(process: Process, mountLabel: string | undefined, lsm: LsmFacts): void {
+  if (process.apparmorProfile && !lsm.apparmor) {
+    throw new PlanError(
+      "apparmor-unavailable",
+      `process.apparmorProfile: apparmor profile ${JSON.stringify(process.apparmorProfile)} is specified in config, but apparmor is disabled or not supported on this host`,
+    );
+  }
+  if (process.selinuxLabel && !lsm.selinux) {
+    throw new PlanError("selinux-unavailable", "process.selinuxLabel: selinux label is specified in config, but selinux is disabled or not supported");
+  }
+  if (mountLabel && !lsm.selinux) {
+    throw new PlanError("selinux-unavailable", "linux.mountLabel: selinux mount label is specified in config, but selinux is disabled or not supported");
+  }
+}
+
+/** runc's label.FormatMountLabel: the mount label as a context= option after the mount's own data. */
+export function withMountLabel(data: string, mountLabel: string | undefined): string {
+  if (!mountLabel) return data;
+  const context = `context="${mountLabel}"`;
+  return data ? `${data},${context}` : context;
+}
+
+/** Filesystems that take linux.mountLabel (the ones without labels of their own on disk). */
+const LABELLED_FSTYPES = new Set(["tmpfs", "devpts", "mqueue"]);
+
+function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, mountLabel: string | undefined, notes: string[]): void {
   const { spec, rootfs } = input;
   const propagationName = spec.linux?.rootfsPropagation;
   // Stop mount events flowing back to the host before touching anything.
@@ -196,7 +338,7 @@ function planRootfs(b: PlanBuilder, input: PlanInput, userNs: boolean, notes: st
   b.init(OpCode.MOUNT, [rootfs, rootfs, "", MS.BIND | MS.REC, ""], "root.path (bind onto itself for pivot_root)");
 
   const mounts = spec.mounts ?? [];
-  mounts.forEach((m, i) => planMount(b, input, m, `mounts[${i}]`, notes));
+  mounts.forEach((m, i) => planMount(b, input, m, `mounts[${i}]`, mountLabel, notes));
 
   const devBound = mounts.some((m) => m.destination === "/dev" && parseMountOptions(m.options, m.type).bind);
   if (!devBound) {
@@ -229,7 +371,7 @@ function propagationFlag(name: string): number {
   return name.startsWith("r") ? flag | MS.REC : flag;
 }
 
-function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, notes: string[]): void {
+function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, mountLabel: string | undefined, notes: string[]): void {
   const { rootfs } = input;
   const options = parseMountOptions(m.options, m.type);
   if (options.unsupported.length) {
@@ -239,7 +381,7 @@ function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, n
   const dest = m.destination;
 
   if (m.type === "cgroup" || m.type === "cgroup2") {
-    planCgroupMount(b, input, m, options.flags, source);
+    planCgroupMount(b, input, m, options.flags, source, mountLabel);
     return;
   }
   if (options.bind) {
@@ -255,7 +397,8 @@ function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, n
   } else {
     const fstype = m.type ?? "";
     const strict = fstype === "proc" || fstype === "sysfs" ? "1" : "0";
-    b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, m.source ?? fstype, fstype, options.flags, options.data, "dir", strict], source);
+    const data = LABELLED_FSTYPES.has(fstype) ? withMountLabel(options.data, mountLabel) : options.data;
+    b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, m.source ?? fstype, fstype, options.flags, data, "dir", strict], source);
   }
   if (options.propagation) {
     b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "", "", options.propagation, "", "none", "0"], `${source}.options (propagation)`);
@@ -263,7 +406,7 @@ function planMount(b: PlanBuilder, input: PlanInput, m: Mount, source: string, n
 }
 
 /** runc's `cgroup` mount: a tmpfs with one directory per v1 hierarchy, or cgroup2 itself. */
-function planCgroupMount(b: PlanBuilder, input: PlanInput, m: Mount, flags: number, source: string): void {
+function planCgroupMount(b: PlanBuilder, input: PlanInput, m: Mount, flags: number, source: string, mountLabel: string | undefined): void {
   const { rootfs } = input;
   const cgroupNs = (input.spec.linux?.namespaces ?? []).some((n) => n.type === "cgroup" && !n.path);
   const dest = m.destination;
@@ -277,7 +420,7 @@ function planCgroupMount(b: PlanBuilder, input: PlanInput, m: Mount, flags: numb
     return;
   }
   // The tmpfs stays writable until every hierarchy is in place, then takes the mount's flags.
-  b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "tmpfs", "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755", "dir", "1"], source);
+  b.init(OpCode.MOUNT_IN_ROOT, [rootfs, dest, "tmpfs", "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, withMountLabel("mode=755", mountLabel), "dir", "1"], source);
   for (const c of input.cgroupMounts) {
     const sub = `${dest}/${c.dirName}`;
     if (cgroupNs) {
@@ -334,6 +477,10 @@ export interface ProcessPlanOptions {
   verb: "create" | "exec";
   /** hooks.startContainer: run in the container, after start, before the user's program. */
   startContainerHooks?: Hook[];
+  /** Enforcing LSMs (assertLsmAvailable has accepted the process's labels for them). */
+  lsm: LsmFacts;
+  /** setgroups(2) is denied in the container's user namespace (rootless, own-gid map). */
+  setgroupsDenied: boolean;
 }
 
 export interface CompiledSeccompFilter {
@@ -355,6 +502,15 @@ export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanO
   );
   if (opts.terminal !== "none") b.init(OpCode.SETUP_TERMINAL, [opts.terminal, user.uid, user.gid], "process.terminal");
 
+  // The labels the execve of process.args takes (and, as in runc, the
+  // startContainer hooks init forks after this). Before any seccomp filter,
+  // which could refuse the write, and before no_new_privs, under which a
+  // confined task may only move to a subset profile (runc's order).
+  if (process.apparmorProfile && opts.lsm.apparmor) {
+    b.init(OpCode.WRITE_PROC_ATTR, [opts.lsm.apparmorExecAttr, `exec ${process.apparmorProfile}`], "process.apparmorProfile");
+  }
+  if (process.selinuxLabel && opts.lsm.selinux) b.init(OpCode.WRITE_PROC_ATTR, ["exec", process.selinuxLabel], "process.selinuxLabel");
+
   // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before
   // the capabilities go (runc's order). With it, as late as possible.
   if (opts.seccomp && !process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
@@ -363,7 +519,14 @@ export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanO
   // set across setuid, then set the final sets (runc's order).
   b.init(OpCode.CAP_BOUNDING, [capabilityMask(caps?.bounding)], "process.capabilities.bounding");
   b.init(OpCode.KEEPCAPS, [1], "process.user (keep capabilities across setuid)");
-  b.init(OpCode.SETGROUPS, [...(user.additionalGids ?? [])], "process.user.additionalGids");
+  if (!opts.setgroupsDenied) b.init(OpCode.SETGROUPS, [...(user.additionalGids ?? [])], "process.user.additionalGids");
+  else if (user.additionalGids?.length) {
+    // runc: "cannot set any additional groups in a rootless container".
+    throw new PlanError(
+      "setgroups-denied",
+      "process.user.additionalGids: cannot set any additional groups in a rootless container whose gid mapping is only the caller's gid (setgroups is denied there; map ranges from /etc/subgid to allow it)",
+    );
+  }
   b.init(OpCode.SETRESGID, [user.gid], "process.user.gid");
   b.init(OpCode.SETRESUID, [user.uid], "process.user.uid");
   b.init(OpCode.KEEPCAPS, [0], "process.user");

@@ -6,7 +6,7 @@
 import type { LinuxNamespace, NamespaceType, Process } from "../spec/types.ts";
 import { NAMESPACES } from "./constants.ts";
 import { OpCode } from "./ops.ts";
-import { PlanBuilder, planProcess, type CompiledSeccompFilter, type ContainerPlan } from "./build.ts";
+import { assertLsmAvailable, NO_LSM, PlanBuilder, planProcess, type CompiledSeccompFilter, type ContainerPlan, type LsmFacts } from "./build.ts";
 import { PlanError } from "./errors.ts";
 
 export interface ExecPlanInput {
@@ -19,6 +19,10 @@ export interface ExecPlanInput {
   preserveFds: number;
   foreground: boolean;
   seccomp?: CompiledSeccompFilter;
+  /** Host fact: enforcing LSMs (default: none). */
+  lsm?: LsmFacts;
+  /** Host fact: /proc/<init>/setgroups says "deny" (a rootless container with only the caller's gid mapped). */
+  setgroupsDenied?: boolean;
 }
 
 /**
@@ -30,6 +34,8 @@ const JOIN_ORDER: NamespaceType[] = ["user", "ipc", "uts", "network", "pid", "cg
 
 export function buildExecPlan(input: ExecPlanInput): ContainerPlan {
   const b = new PlanBuilder();
+  const lsm = input.lsm ?? NO_LSM;
+  assertLsmAvailable(input.process, undefined, lsm);
   const terminal: ContainerPlan["terminal"] = input.process.terminal
     ? input.consoleSocket
       ? "socket"
@@ -53,6 +59,14 @@ export function buildExecPlan(input: ExecPlanInput): ContainerPlan {
   if (input.foreground) b.parent(OpCode.MONITOR, [terminal === "monitor" ? "copy" : "none"], "exec (foreground)");
   else b.parent(OpCode.EXIT, [], "exec --detach");
   b.init(OpCode.WAIT_RELEASE, [], "exec");
-  planProcess(b, input.process, { terminal, preserveFds: input.preserveFds, waitForStart: false, seccomp: input.seccomp, verb: "exec" });
+  planProcess(b, input.process, {
+    terminal,
+    preserveFds: input.preserveFds,
+    waitForStart: false,
+    seccomp: input.seccomp,
+    verb: "exec",
+    lsm,
+    setgroupsDenied: input.setgroupsDenied ?? false,
+  });
   return { ops: b.ops, cloneFlags: 0, terminal, notes: [] };
 }

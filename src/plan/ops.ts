@@ -65,6 +65,15 @@ export const OpCode = {
    * the TypeScript side forwards signals to the container.
    */
   MONITOR: 16,
+  /**
+   * RUN_ID_MAP_HELPER(path, argv...): fork+execve path (newuidmap or
+   * newgidmap, setuid root) with argv, every argument exactly equal to
+   * CHILD_PID_PLACEHOLDER replaced by the child's pid; stdin /dev/null,
+   * stderr captured for the error message; a non-zero exit is an error. How a
+   * rootless caller maps ids other than its own (ranges from /etc/subuid and
+   * /etc/subgid): the kernel lets an unprivileged writer map only its own id.
+   */
+  RUN_ID_MAP_HELPER: 17,
 
   // ---- Init (the container's first process) ----
   /** WAIT_RELEASE(): block until RELEASE_CHILD; parent gone = exit 1. */
@@ -178,8 +187,20 @@ export const OpCode = {
    * (`podman run --network none`, `ctr run` without --net-host).
    */
   LOOPBACK_UP: 59,
+  /**
+   * WRITE_PROC_ATTR(attr, value): write value to /proc/self/attr/<attr>
+   * ("apparmor/exec", "exec", "keycreate"): the LSM label the next execve (or
+   * the next key) takes. /proc must be a procfs root and the path is opened
+   * beneath it with openat2(RESOLVE_BENEATH|RESOLVE_NO_XDEV|RESOLVE_NO_MAGICLINKS),
+   * so neither a symlink nor a mount over any component (another procfs file
+   * bound onto attr/exec) can redirect the write (CVE-2025-52881).
+   */
+  WRITE_PROC_ATTR: 60,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
+
+/** RUN_ID_MAP_HELPER: the argument the executor replaces with the child's pid. */
+export const CHILD_PID_PLACEHOLDER = "{pid}";
 
 export const OpName: Record<number, string> = Object.fromEntries(
   Object.entries(OpCode).map(([name, code]) => [code, name]),

@@ -183,7 +183,7 @@ export function formatCheck(r: CheckReport): string {
   lines.push(
     `qemu:         ${r.qemu.path ? `${r.qemu.path} (${r.qemu.version ?? "version unknown"})` : "not found"}`,
     `virtiofsd:    ${r.virtiofsd.path ?? "not found"}`,
-    `firecracker:  ${r.firecracker.path ?? "-"} -- ${r.firecracker.note}`,
+    `firecracker:  ${r.firecracker.path ? `${r.firecracker.path} -- ` : ""}${r.firecracker.note}`,
     `guest image:  ${r.image.state}${r.image.release ? ` (${r.image.release})` : ""} in ${r.image.dir} -- ${r.image.reason}`,
     `accelerator:  ${r.accelerator ? `${r.accelerator.accel} -- ${r.accelerator.reason}` : "- (needs qemu and a guest image)"}`,
     r.ok ? "VM mode: can run here" : `VM mode: cannot run here: ${r.problems.join("; ")}`,

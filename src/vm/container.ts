@@ -9,7 +9,7 @@
  * serves those verbs unchanged. `delete` adds destroyVm().
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 import type { Spec } from "../spec/types.ts";
@@ -21,9 +21,9 @@ import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { mkfifo } from "../util/libc.ts";
 import { projectHome } from "../util/home.ts";
 import { chooseAccelerator } from "./check.ts";
-import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
+import { agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
 import { VmError } from "./driver.ts";
-import { findImage } from "./image/build.ts";
+import { findImage, sha256File } from "./image/build.ts";
 import { readLaunch, readPids, writeLaunch, type ProcRef, type VmLaunch } from "./launch.ts";
 import { buildGuestPlan, checkVmSupport } from "./plan.ts";
 
@@ -112,6 +112,10 @@ export async function createVmContainer(
   const cache = vmCacheDir();
   const image = findImage(cache);
   if (!image) throw new VmError("no-guest-image", `VM mode: no guest kernel and initramfs in ${cache}: run \`nk-runtime vm build-image\` (or point NK_VM_CACHE at a built one)`);
+  // The agent speaks the channel protocol of this runtime's build: an image made from an older agent may not.
+  if (existsSync(agentBinaryPath()) && sha256File(agentBinaryPath()) !== image.stamp.inputs.agentSha256) {
+    ctx.log.warn(`the guest image in ${cache} was built from another nk-agent: run \`nk-runtime vm build-image\``);
+  }
   const driver = process.env.NK_VM_DRIVER === "firecracker" || (!qemuPath() && firecrackerPath()) ? "firecracker" : "qemu";
   if (driver === "qemu" && !qemuPath()) throw new VmError("no-hypervisor", "VM mode: qemu-system-x86_64 not found (apt-get install qemu-system-x86, or set NK_QEMU)");
   const virtiofsd = virtiofsdPath();

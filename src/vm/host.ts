@@ -27,6 +27,9 @@ import { startVirtiofsd, tail } from "./virtiofsd.ts";
 /** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
 const RELAYED = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM", "SIGCONT", "SIGWINCH", "SIGTSTP", "SIGTTIN", "SIGTTOU"] as const;
 
+/** Before the container's init exists, these end the host process (and the VM); the others are dropped. */
+const TERMINATING = new Set<string>(["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM"]);
+
 const REPORT_FD = 3;
 
 export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDriver> {
@@ -94,7 +97,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     process.on(name, () => {
       const signo = signalNumber(name)!;
       if (guestInit && vm) vm.channel.write(encodeFrame(Frame.SIGNAL, u32Payload(guestInit, signo)));
-      else if (name !== "SIGCONT" && name !== "SIGWINCH") void finish(128 + signo, new VmError("vm-interrupted", `interrupted by ${name} before the container existed`));
+      else if (TERMINATING.has(name)) void finish(128 + signo, new VmError("vm-interrupted", `interrupted by ${name} before the container existed`));
     });
   }
   process.on("SIGPIPE", () => {});
@@ -104,9 +107,12 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     const why = driver.unavailable();
     if (why) throw new VmError("no-hypervisor", why);
     if (launch.virtiofsd) {
-      virtiofsdPid = await startVirtiofsd(launch.virtiofsd);
-      pids.virtiofsd = procRef(virtiofsdPid);
-      writePids(stateDir, pids);
+      // Recorded as soon as it exists, so that finish() and `delete` can stop it even mid-start.
+      await startVirtiofsd(launch.virtiofsd, (pid) => {
+        virtiofsdPid = pid;
+        pids.virtiofsd = procRef(pid);
+        writePids(stateDir, pids);
+      });
       log.debug(`vm ${launch.id}: virtiofsd pid ${virtiofsdPid}`);
     }
     const started = Date.now();

@@ -5,7 +5,8 @@
  * Guest facts: the rootfs and every bind source reach the guest through one
  * virtiofs share, mounted by the agent at GUEST_SHARE_DIR; the share holds
  * `rootfs` and `m<i>` for mounts[i]'s source (the host side binds them there,
- * see virtiofsd.ts). The guest has cgroup v2 only. stage0 stays as the
+ * see virtiofsd.ts). The guest has cgroup v2 only; the container gets the
+ * agent's cgroup with linux.resources applied (guest-cgroup.ts). stage0 stays as the
  * container's parent (MONITOR), so the agent's child exits with the
  * container's status. The exec fifo lives in the guest; `start` on the host
  * reaches it through the host process and the agent.
@@ -14,7 +15,8 @@ import type { Mount, Spec } from "../spec/types.ts";
 import { buildContainerPlan, type CompiledSeccompFilter } from "../plan/build.ts";
 import { parseMountOptions } from "../plan/mount-options.ts";
 import type { PlanOp } from "../plan/ops.ts";
-import { GUEST_FIFO_DIR, GUEST_SHARE_DIR } from "./config.ts";
+import { GUEST_CGROUP, GUEST_FIFO_DIR, GUEST_SHARE_DIR } from "./config.ts";
+import { guestCgroupOps } from "./guest-cgroup.ts";
 import { VmError } from "./driver.ts";
 
 /** One host path the guest needs, and its name in the share. */
@@ -93,12 +95,11 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
     preserveFds: 0,
     foreground: true,
     containerId: input.containerId,
-    cgroupMounts: [{ dirName: "", fstype: "cgroup2", data: "", hostPath: "/sys/fs/cgroup" }],
+    cgroupMounts: [{ dirName: "", fstype: "cgroup2", data: "", hostPath: GUEST_CGROUP }],
     seccomp: input.seccomp,
     isDirectory: (p) => guestIsDirectory.get(p) ?? true,
   });
-  // The device rules of runc's default spec are moot in a VM (its devices are the guest's); limits are not.
-  const limits = Object.keys(spec.linux?.resources ?? {}).filter((k) => k !== "devices");
-  if (limits.length) notes.push(`linux.resources.{${limits.join(",")}}: not applied inside the guest yet (the VM's own size is the limit)`);
-  return { ops: plan.ops, shares, guestRootfs, guestFifo: `${GUEST_FIFO_DIR}/exec.fifo`, notes: [...notes, ...plan.notes] };
+  // Limits apply in the guest's cgroup too (the device rules of runc's default spec are moot: the devices are the guest's).
+  const cgroup = guestCgroupOps(spec.linux?.resources);
+  return { ops: [...cgroup.ops, ...plan.ops], shares, guestRootfs, guestFifo: `${GUEST_FIFO_DIR}/exec.fifo`, notes: [...notes, ...cgroup.notes, ...plan.notes] };
 }

@@ -50,8 +50,8 @@ export function virtiofsdPlan(s: VirtiofsdSetup): PlanOp[] {
   ];
 }
 
-/** Start virtiofsd and wait for its vhost-user socket; returns its pid. */
-export async function startVirtiofsd(s: VirtiofsdSetup, timeoutMs = 10_000): Promise<number> {
+/** Start virtiofsd and wait for its vhost-user socket; onPid hears its pid first. Returns the pid. */
+export async function startVirtiofsd(s: VirtiofsdSetup, onPid: (pid: number) => void = () => {}, timeoutMs = 10_000): Promise<number> {
   mkdirSync(s.shareDir, { recursive: true });
   // The mount points, made where only we can write (the share dir is ours).
   for (const e of s.entries) {
@@ -68,6 +68,7 @@ export async function startVirtiofsd(s: VirtiofsdSetup, timeoutMs = 10_000): Pro
       stdio: ["ignore", log, log],
       onPid: (p) => {
         pid = p;
+        onPid(p);
       },
     });
     pid = run.initPid;

@@ -7,12 +7,12 @@
  * Every test checks that nothing is left behind: no state directory, no
  * socket, no qemu or virtiofsd process that names its container.
  */
-import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot } from "../helpers/rootfs.ts";
+import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
 import {
   containerStdout,
   deleteForce,
@@ -22,6 +22,7 @@ import {
   ok,
   outputPaths,
   rt,
+  runtimeBinary,
   runtimeKind,
   startContainer,
   state,
@@ -111,11 +112,10 @@ afterEach(async () => {
   }
 });
 
-describe("VM mode (QEMU microvm)", () => {
-  beforeAll(() => {
-    if (!SKIP) ensureImage();
-  });
+// At load time rather than in beforeAll: a hook is bound by the per-test timeout, a first build may take longer.
+if (!SKIP) ensureImage();
 
+describe("VM mode (QEMU microvm)", () => {
   testIf(SKIP, "vm build-image builds the guest kernel and initramfs, then reuses them", () => {
     expect(imageError).toBe("");
     const stamp = JSON.parse(readFileSync(join(CACHE, "stamp.json"), "utf8"));
@@ -180,6 +180,9 @@ describe("VM mode (QEMU microvm)", () => {
     ok(startContainer(b.id));
     s = waitForStatus(b.id, "running");
     waitUntil("the container's output", () => containerStdout(b).includes("started"), 30_000);
+    // The recorded pid is the host process: exec must not join its (the host's) namespaces.
+    const exec = rt(["exec", b.id, "true"]);
+    expect({ code: exec.code, refused: exec.stderr.includes("VM-mode container is not implemented") }).toEqual({ code: 1, refused: true });
     ok(rt(["kill", b.id, "KILL"]));
     waitForStatus(b.id, "stopped", 30_000);
     ok(rt(["delete", b.id]));
@@ -223,6 +226,23 @@ describe("VM mode (QEMU microvm)", () => {
     }
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "a memory limit sizes the VM and is enforced in the guest's cgroup v2: over it, the OOM killer", () => {
+    const limit = 64 << 20;
+    const script = "cat /sys/fs/cgroup/memory.max; grep MemTotal /proc/meminfo; exec dd if=/dev/zero of=/dev/null bs=100M count=1";
+    const b = vmBundle(["sh", "-c", script], (c) => {
+      c.linux.resources = { memory: { limit } };
+      c.linux.namespaces.push({ type: "cgroup" });
+      c.mounts.push({ destination: "/sys/fs/cgroup", type: "cgroup", source: "cgroup", options: ["nosuid", "noexec", "nodev", "ro"] });
+    });
+    const r = vrt(["run", "--bundle", b.dir, b.id]);
+    const [max, meminfo] = r.stdout.trim().split("\n");
+    expect({ code: r.code, max }).toEqual({ code: 137, max: String(limit) });
+    // The VM: the limit plus a fixed overhead (96 MiB), less what the guest kernel keeps for itself.
+    const totalKiB = Number(/MemTotal:\s+(\d+)/.exec(meminfo ?? "")?.[1]);
+    expect(totalKiB).toBeGreaterThan(96 * 1024);
+    expect(totalKiB).toBeLessThanOrEqual(160 * 1024);
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "the io.nanokata.mode=vm annotation selects VM mode without --mode", () => {
     const b = vmBundle(["uname", "-r"], (c) => {
       c.annotations = { "io.nanokata.mode": "vm" };
@@ -262,6 +282,22 @@ describe("VM mode (QEMU microvm)", () => {
     await expectNothingLeft(b.id);
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "SIGKILL of the host process: the guest powers itself off and QEMU and virtiofsd exit, no delete needed", async () => {
+    const b = vmBundle(["sleep", "600"]);
+    ok(vcreate(b));
+    ok(startContainer(b.id));
+    waitForStatus(b.id, "running");
+    const pids = JSON.parse(readFileSync(join(stateRoot(), b.id, "vm-pids.json"), "utf8"));
+    const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    expect([alive(pids.vmm.pid), alive(pids.virtiofsd.pid)]).toEqual([true, true]);
+    process.kill(pids.host.pid, "SIGKILL");
+    waitForStatus(b.id, "stopped", 10_000);
+    // The channel hangs up -> the agent powers the guest off -> QEMU exits -> virtiofsd loses its client.
+    waitUntil("qemu and virtiofsd to exit by themselves", () => !alive(pids.vmm.pid) && !alive(pids.virtiofsd.pid), 30_000);
+    ok(rt(["delete", b.id]));
+    await expectNothingLeft(b.id);
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "delete --force of a running VM container stops the VM", async () => {
     const b = vmBundle(["sleep", "600"]);
     ok(vcreate(b));
@@ -271,6 +307,42 @@ describe("VM mode (QEMU microvm)", () => {
     expect(processesNaming(dir).some((p) => p.includes("qemu-system-x86_64"))).toBe(true);
     ok(rt(["delete", "--force", b.id]));
     await expectNothingLeft(b.id);
+  }, VM_TIMEOUT);
+});
+
+describe("VM mode through podman", () => {
+  const reason = SKIP ?? (which("podman") && which("conmon") ? null : "podman or conmon is not installed");
+  testIf(reason, "podman run --annotation io.nanokata.mode=vm: the guest's kernel, stdin, exit code; rm leaves nothing", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "nkt-vm-podman-"));
+    // conmon does not pass podman's environment on to the runtime: a wrapper names the image cache.
+    const wrapper = join(dir, "nk-runtime");
+    writeFileSync(wrapper, `#!/bin/sh\nNK_VM_CACHE='${CACHE}' exec '${runtimeBinary()}' "$@"\n`, { mode: 0o755 });
+    const podman = (args: string[], input?: string) =>
+      spawnSync(
+        "podman",
+        ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", wrapper, ...args],
+        { encoding: "utf8", input, timeout: VM_TIMEOUT, killSignal: "SIGKILL" },
+      );
+    try {
+      const tar = join(dir, "rootfs.tar");
+      expect(spawnSync("tar", ["--numeric-owner", "-C", ensureBusyboxRootfs(), "-cf", tar, "."]).status).toBe(0);
+      expect(podman(["import", tar, "localhost/nkt-vm-busybox:latest"]).status).toBe(0);
+      const r = podman(
+        ["run", "--rm", "-i", "--network", "none", "--annotation", "io.nanokata.mode=vm", "localhost/nkt-vm-busybox:latest", "sh", "-c", "read x; uname -r; echo got:$x; exit 4"],
+        "hello\n",
+      );
+      const [kernel, got] = r.stdout.trim().split("\n");
+      expect({ code: r.status, got, stderr: r.stderr.includes("Error") }).toEqual({ code: 4, got: "got:hello", stderr: false });
+      expect(kernel).not.toBe(release());
+      expect(kernel).toMatch(/cloud-amd64$/);
+      expect(podman(["ps", "--all", "--quiet"]).stdout.trim()).toBe("");
+    } finally {
+      podman(["rm", "--all", "--force", "--time", "0"]);
+      podman(["rmi", "--all", "--force"]);
+      expect(processesNaming(dir)).toEqual([]);
+      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir);
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, VM_TIMEOUT);
 });
 

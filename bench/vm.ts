@@ -1,0 +1,102 @@
+/**
+ * VM-mode benchmark (not a test): `bun bench/vm.ts` (NK_BENCH_N runs, default
+ * 5, after one warm-up), with the guest image from NK_VM_CACHE (default the
+ * tests' <repo>/.cache/vm; run `nk-runtime vm build-image` first):
+ *   (a) create -> first byte of the container's output: `create` of
+ *       `echo x` with stdout on a pipe, then `start`, until the byte arrives
+ *   (b) `run` of `true`, whole (boot, plan, exit, VM shutdown, delete)
+ *   (c) host memory of one running VM-mode container: QEMU, virtiofsd and the
+ *       host process (RSS), and where the time of one boot went (--debug log)
+ * Prints medians; the accelerator (tcg or kvm) is named with the numbers.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { makeBundle } from "../test/helpers/bundle.ts";
+import { repoRoot } from "../test/helpers/rootfs.ts";
+
+const BIN = join(repoRoot(), "bin", "nk-runtime");
+const N = Number(process.env.NK_BENCH_N ?? 5);
+const env = { ...process.env, NK_VM_CACHE: process.env.NK_VM_CACHE ?? join(repoRoot(), ".cache", "vm") };
+const root = mkdtempSync(join(tmpdir(), "nk-bench-vm-"));
+const rt = (args: string[], extra: object = {}) => spawnSync(BIN, ["--root", root, "--mode", "vm", ...args], { env, encoding: "utf8", ...extra });
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+async function firstByte(bundleDir: string, id: string): Promise<number> {
+  const started = performance.now();
+  const create = spawn(BIN, ["--root", root, "--mode", "vm", "create", "--bundle", bundleDir, id], { env, stdio: ["ignore", "pipe", "inherit"] });
+  const first = new Promise<number>((resolve) => create.stdout!.once("data", () => resolve(performance.now() - started)));
+  await new Promise((r) => create.on("exit", r));
+  const start = rt(["start", id]);
+  if (start.status !== 0) throw new Error(`start failed: ${start.stderr}`);
+  const ms = await first;
+  for (let i = 0; i < 500 && JSON.parse(rt(["state", id]).stdout || "{}").status !== "stopped"; i++) await Bun.sleep(10);
+  rt(["delete", "--force", id]);
+  return ms;
+}
+
+function rss(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(join(env.NK_VM_CACHE!, "stamp.json"))) {
+    console.error(`no guest image in ${env.NK_VM_CACHE}: run NK_VM_CACHE=${env.NK_VM_CACHE} bin/nk-runtime vm build-image`);
+    process.exit(1);
+  }
+  const echo = makeBundle({ args: ["echo", "x"] });
+  const nothing = makeBundle({ args: ["true"] });
+  const sleeper = makeBundle({ args: ["sleep", "60"] });
+  try {
+    const check = spawnSync(BIN, ["vm", "check", "--format", "json"], { env, encoding: "utf8" });
+    const accel = JSON.parse(check.stdout).accelerator;
+    console.log(`accelerator: ${accel.accel} (${accel.reason})`);
+
+    await firstByte(echo.dir, "warm");
+    const firstBytes: number[] = [];
+    const runs: number[] = [];
+    for (let i = 0; i < N; i++) {
+      firstBytes.push(await firstByte(echo.dir, `fb${i}`));
+      const t = performance.now();
+      const r = rt(["run", "--bundle", nothing.dir, `run${i}`]);
+      if (r.status !== 0) throw new Error(`run failed: ${r.stderr}`);
+      runs.push(performance.now() - t);
+    }
+    const fmt = (xs: number[]) => `median ${median(xs).toFixed(0)} ms (min ${Math.min(...xs).toFixed(0)}, max ${Math.max(...xs).toFixed(0)}, n=${xs.length})`;
+    console.log(`create -> first output byte: ${fmt(firstBytes)}`);
+    console.log(`run true (whole):            ${fmt(runs)}`);
+
+    // One running container: memory, and the boot's milestones from the debug log.
+    const log = join(root, "debug.log");
+    const c = spawnSync(BIN, ["--root", root, "--mode", "vm", "--debug", "--log", log, "--log-format", "json", "create", "--bundle", sleeper.dir, "mem"], { env, stdio: "ignore" });
+    // The container holds create's stdio, so it is not captured here: see the log on failure.
+    if (c.status !== 0) throw new Error(`create failed (exit ${c.status}): ${readFileSync(log, "utf8")}`);
+    rt(["start", "mem"]);
+    await Bun.sleep(1000);
+    const pids = JSON.parse(readFileSync(join(root, "mem", "vm-pids.json"), "utf8"));
+    const qemu = rss(pids.vmm?.pid);
+    const fsd = rss(pids.virtiofsd?.pid);
+    const host = rss(pids.host?.pid);
+    console.log(`memory (RSS): qemu ${qemu.toFixed(0)} MiB, virtiofsd ${fsd.toFixed(0)} MiB, host process ${host.toFixed(0)} MiB; total ${(qemu + fsd + host).toFixed(0)} MiB`);
+    rt(["delete", "--force", "mem"]);
+    const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string; time: string });
+    const t0 = Date.parse(lines[0]!.time);
+    console.log("one create, from the --debug log:");
+    for (const l of lines) console.log(`  +${String(Date.parse(l.time) - t0).padStart(5)} ms  ${l.msg}`);
+  } finally {
+    for (const b of [echo, nothing, sleeper]) b.cleanup();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+await main();
