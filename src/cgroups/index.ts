@@ -7,12 +7,13 @@
  * Nothing here runs at import time; the host is read only when a manager is
  * opened (keeps CLI start-up lean).
  */
-import { join } from "node:path";
+import { accessSync, constants as fsConstants, existsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import type { LinuxResources } from "../spec/types.ts";
 import { detectCgroupLayout, v2DrivenControllers, type CgroupLayout } from "./detect.ts";
 import { CgroupError } from "./errors.ts";
 import { HierarchyCgroupManager, type ManagerOptions } from "./manager.ts";
-import { parseSelfCgroup, readSelfCgroup, resolveCgroupPath } from "./path.ts";
+import { parseSelfCgroup, readSelfCgroup, resolveCgroupPath, type CgroupPathResolver } from "./path.ts";
 import type { CgroupStats } from "./stats.ts";
 
 export { CgroupError, type CgroupErrorCode } from "./errors.ts";
@@ -112,7 +113,11 @@ export function openCgroupManager(opts: OpenCgroupOptions): CgroupManager {
   const resolve = resolveCgroupPath(opts.cgroupsPath, opts.id, () =>
     opts.selfCgroup !== undefined ? parseSelfCgroup(opts.selfCgroup) : readSelfCgroup(),
   );
+  return new HierarchyCgroupManager(layoutHierarchies(layout, root, resolve), undefined, opts);
+}
 
+/** One hierarchy per v1 mount point (its controllers in the order met) plus cgroup2, with the directory `resolve` picks in each. */
+function layoutHierarchies(layout: CgroupLayout, root: string, resolve: CgroupPathResolver): SavedHierarchy[] {
   const hierarchies: SavedHierarchy[] = [];
   // One hierarchy per v1 mount point, its controllers in the order met.
   const byMount = new Map<string, string[]>();
@@ -131,7 +136,61 @@ export function openCgroupManager(opts: OpenCgroupOptions): CgroupManager {
     const base = rebaseMountpoint(layout.v2Mount, root);
     hierarchies.push({ driver: "v2", mountpoint: base, dir: join(base, cgroupPath), controllers: v2DrivenControllers(layout) });
   }
-  return new HierarchyCgroupManager(hierarchies, undefined, opts);
+  return hierarchies;
+}
+
+/**
+ * The caller's own cgroup directory in every hierarchy, keyed like
+ * CgroupManager.paths: where a container stays when the runtime cannot give
+ * it a cgroup (rootless, not delegated), and what its `cgroup` mounts show.
+ */
+export function ownCgroupPaths(opts: Pick<OpenCgroupOptions, "layout" | "root" | "selfCgroup"> = {}): Record<string, string> {
+  const layout = opts.layout ?? detectCgroupLayout();
+  const self = opts.selfCgroup !== undefined ? parseSelfCgroup(opts.selfCgroup) : readSelfCgroup();
+  const resolve: CgroupPathResolver = (hierarchy, mountRoot = "/") => {
+    const own = (hierarchy === "unified" ? self.unified : self.v1.get(hierarchy)) ?? "/";
+    // Inside a container without a cgroup namespace, paths are relative to the mount's root.
+    if (mountRoot === "/" || mountRoot === "") return own;
+    if (own === mountRoot) return "/";
+    return own.startsWith(mountRoot + "/") ? own.slice(mountRoot.length) : own;
+  };
+  const paths: Record<string, string> = {};
+  for (const h of layoutHierarchies(layout, opts.root ?? DEFAULT_CGROUP_ROOT, resolve)) {
+    if (h.driver === "v2") paths.unified = h.dir;
+    else for (const controller of h.controllers) paths[controller] = h.dir;
+  }
+  return paths;
+}
+
+/**
+ * For a caller that is not root: the first of a container's cgroup
+ * directories it could not make or use, or undefined when all of them are
+ * delegated to it. A directory that exists must let it write cgroup.procs;
+ * one that does not must have a nearest existing ancestor it may write
+ * (mkdir). cgroup v1 hierarchies and a cgroup2 tree outside the user's
+ * systemd delegation are root's: there the answer is the hierarchy's
+ * directory the caller cannot write.
+ */
+export function undelegatedCgroupDir(paths: Record<string, string>): string | undefined {
+  for (const dir of new Set(Object.values(paths))) {
+    if (existsSync(dir)) {
+      if (!writable(join(dir, "cgroup.procs"))) return dir;
+      continue;
+    }
+    let ancestor = dirname(dir);
+    while (ancestor !== "/" && !existsSync(ancestor)) ancestor = dirname(ancestor);
+    if (!writable(ancestor)) return ancestor;
+  }
+  return undefined;
+}
+
+function writable(path: string): boolean {
+  try {
+    accessSync(path, fsConstants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isUnder(path: string, base: string): boolean {

@@ -8,7 +8,7 @@ import type { Hook, Spec } from "../spec/types.ts";
 import { loadSpec } from "../spec/load.ts";
 import { assertValidSpec } from "../spec/validate.ts";
 import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
-import { openCgroupManager, reopenCgroupManager, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
+import { openCgroupManager, ownCgroupPaths, reopenCgroupManager, undelegatedCgroupDir, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
 import type { LinuxResources } from "../spec/types.ts";
 import { StateStore, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
@@ -19,6 +19,8 @@ import { executorPath } from "../util/home.ts";
 import { Tracer } from "./trace.ts";
 import { compileContainerSeccomp } from "./seccomp.ts";
 import { runHooks, runHooksLoggingFailures } from "../hooks/run.ts";
+import { describeLsm, detectLsm } from "./lsm.ts";
+import { assertPrivateStateRoot, callerFacts, refuseLimitsWithoutCgroup, tmpStateRoot, withoutDeviceRules } from "./rootless.ts";
 
 export interface RuntimeContext {
   store: StateStore;
@@ -55,6 +57,13 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
     if (vm.selectMode(spec, ctx.mode) === "vm") return vm.createVmContainer(ctx, opts, { spec, bundle });
   }
   const rootfs = realpathSync(resolvePath(bundle, spec.root!.path));
+  const caller = callerFacts();
+  const lsm = detectLsm();
+  ctx.log.debug(describeLsm(lsm));
+  if (caller.rootless) {
+    ctx.log.debug(`rootless: uid ${caller.euid} gid ${caller.egid}; newuidmap ${caller.newuidmap ?? "absent"}, newgidmap ${caller.newgidmap ?? "absent"}`);
+    if (ctx.store.root === tmpStateRoot(caller.euid)) assertPrivateStateRoot(ctx.store.root, caller.euid);
+  }
 
   const lock = ctx.store.claim(id);
   let cgroup: CgroupManager | undefined;
@@ -75,8 +84,24 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       spec,
     };
     ctx.store.write(record);
-    cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id });
-    record.cgroup = cgroup.toJSON();
+    cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id, warn: (m) => ctx.log.warn(m) });
+    let cgroupMounts = cgroupMountSources(cgroup.paths);
+    let resources = effectiveResources(spec);
+    if (caller.rootless) {
+      const blocked = undelegatedCgroupDir(cgroup.paths);
+      if (blocked) {
+        refuseLimitsWithoutCgroup(spec.linux?.resources, blocked, caller.euid);
+        const why = `rootless: no cgroup for container ${id}: ${blocked} is not writable by uid ${caller.euid} (not delegated); the container stays in the caller's cgroup`;
+        ctx.log.debug(why);
+        ctx.tracer.note(why);
+        cgroupMounts = cgroupMountSources(ownCgroupPaths());
+        cgroup = undefined;
+      } else if (resources?.devices) {
+        ctx.log.debug("rootless: linux.resources.devices not applied (device cgroup rules need root; the container has only the host's device nodes bound in)");
+        resources = withoutDeviceRules(resources);
+      }
+    }
+    record.cgroup = cgroup?.toJSON();
     ctx.store.write(record);
     const plan = buildContainerPlan({
       spec,
@@ -89,7 +114,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       preserveFds: opts.preserveFds,
       foreground: opts.foreground,
       containerId: id,
-      cgroupMounts: cgroupMountSources(cgroup),
+      cgroupMounts,
       seccomp: await compileContainerSeccomp(spec, ctx),
       isDirectory: (p) => {
         try {
@@ -98,6 +123,8 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
           return true;
         }
       },
+      caller,
+      lsm,
     });
     ctx.tracer.setRootfs(rootfs);
     for (const note of plan.notes) {
@@ -114,13 +141,14 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
         record.pid = pid;
         record.pidStartTime = readProcStat(pid)?.startTime ?? "";
         ctx.store.write(record);
+        if (!manager) return;
         manager.create();
         record.cgroup = manager.toJSON();
         ctx.store.write(record);
         ctx.tracer.runtime(`cgroup create ${Object.values(manager.paths)[0] ?? ""}`, "linux.cgroupsPath");
         manager.addProcess(pid);
         ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
-        manager.applyResources(effectiveResources(spec));
+        manager.applyResources(resources);
         if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
       },
       onSync: async (name) => {
@@ -177,11 +205,11 @@ export function effectiveResources(spec: Spec): LinuxResources | undefined {
   return { ...resources, devices: [...resources.devices, ...DEFAULT_ALLOWED_DEVICE_RULES] };
 }
 
-/** What each `cgroup` mount in the container shows, from the container's own cgroup paths. */
-function cgroupMountSources(cgroup: CgroupManager): CgroupMountSource[] {
+/** What each `cgroup` mount in the container shows, from the container's cgroup paths (CgroupManager.paths). */
+function cgroupMountSources(paths: Record<string, string>): CgroupMountSource[] {
   // Co-mounted controllers (cpu,cpuacct) share one hierarchy: one mount for all of them.
   const byHierarchy = new Map<string, string[]>();
-  for (const [controller, hostPath] of Object.entries(cgroup.paths)) {
+  for (const [controller, hostPath] of Object.entries(paths)) {
     byHierarchy.set(hostPath, [...(byHierarchy.get(hostPath) ?? []), controller]);
   }
   const sources: CgroupMountSource[] = [];

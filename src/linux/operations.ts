@@ -4,7 +4,7 @@
  * the container's cgroup.
  */
 import type { LinuxResources } from "../spec/types.ts";
-import type { CgroupManager } from "../cgroups/index.ts";
+import { DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
 import { validateContainerId, type ContainerRecord } from "../state/store.ts";
 import { ContainerError } from "../util/errors.ts";
 import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
@@ -51,7 +51,8 @@ export function updateContainer(ctx: RuntimeContext, id: string, resources: Linu
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
     if (containerStatus(ctx, record) === "stopped") throw new ContainerError("container-not-running", `container ${id} is stopped`);
-    cgroup.applyResources(resources, { update: true });
+    // New device rules replace the old ones: keep the defaults every container gets.
+    cgroup.applyResources(resources.devices ? { ...resources, devices: [...resources.devices, ...DEFAULT_ALLOWED_DEVICE_RULES] } : resources, { update: true });
     const linux = (record.spec.linux ??= {});
     linux.resources = mergeResources(linux.resources ?? {}, resources);
     ctx.store.write(record);

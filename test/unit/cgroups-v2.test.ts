@@ -12,6 +12,7 @@ import { detectCgroupLayout } from "../../src/cgroups/detect.ts";
 import { CgroupError } from "../../src/cgroups/errors.ts";
 import { openCgroupManager, type CgroupManager, type ControlWrite } from "../../src/cgroups/index.ts";
 import type { LinuxResources } from "../../src/spec/types.ts";
+import { fakeBpf } from "../helpers/fake-bpf.ts";
 
 const V2_MOUNTINFO = `24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
 25 24 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:8 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
@@ -74,6 +75,7 @@ function fakeV2Root(): string {
 function open(root: string, extra: { freezeTimeoutMs?: number } = {}) {
   const writes: ControlWrite[] = [];
   const warnings: string[] = [];
+  const bpf = fakeBpf();
   const manager: CgroupManager = openCgroupManager({
     cgroupsPath: "/nano-kata-test/c1",
     id: "c1",
@@ -81,10 +83,11 @@ function open(root: string, extra: { freezeTimeoutMs?: number } = {}) {
     root,
     trace: (w) => writes.push(w),
     warn: (m) => warnings.push(m),
+    bpf,
     ...extra,
   });
   const rel = () => writes.map((w) => [relative(root, w.path), w.value]);
-  return { manager, writes, warnings, rel };
+  return { manager, writes, warnings, rel, bpf };
 }
 
 function leaf(root: string, file: string): string {
@@ -147,7 +150,7 @@ describe("v1 -> v2 conversions", () => {
 describe("v2 applyResources", () => {
   test("writes exactly these files with these values", () => {
     const root = fakeV2Root();
-    const { manager, rel, warnings, writes } = open(root);
+    const { manager, rel, warnings, writes, bpf } = open(root);
     manager.applyResources(BROAD);
     const c = "nano-kata-test/c1";
     expect(rel()).toEqual([
@@ -170,8 +173,12 @@ describe("v2 applyResources", () => {
     ]);
     expect(writes.find((w) => w.path.endsWith("memory.high"))!.field).toBe('linux.resources.unified["memory.high"]');
     expect(writes.find((w) => w.value === "8:16 wbps=2097152")!.field).toBe("linux.resources.blockIO.throttleWriteBpsDevice[0]");
-    // Device rules are not enforced on v2 yet: nothing written, and a warning says so.
-    expect(warnings).toEqual(["linux.resources.devices: not enforced on cgroup v2 yet (device eBPF program not implemented)"]);
+    // Device rules: no file written; one eBPF program attached to the container's cgroup.
+    expect(warnings).toEqual([]);
+    const deviceCgroup = join(root, c);
+    expect(bpf.attached(deviceCgroup).length).toBe(1);
+    expect(bpf.verdict(deviceCgroup, { type: 2, major: 1, minor: 3, access: 6 })).toBe(true);
+    expect(bpf.verdict(deviceCgroup, { type: 2, major: 1, minor: 5, access: 2 })).toBe(false);
     expect(leaf(root, "cpu.max")).toBe("50000 200000");
   });
 
