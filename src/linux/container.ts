@@ -10,7 +10,7 @@ import { assertValidSpec } from "../spec/validate.ts";
 import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
 import { openCgroupManager, ownCgroupPaths, reopenCgroupManager, undelegatedCgroupDir, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
 import type { LinuxResources } from "../spec/types.ts";
-import { StateStore, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
+import { StateStore, newContainerRecord, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { ContainerError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
@@ -69,20 +69,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
   let cgroup: CgroupManager | undefined;
   let initPid = 0;
   try {
-    const record: ContainerRecord = {
-      ociVersion: spec.ociVersion,
-      id,
-      pid: 0,
-      pidStartTime: "",
-      bundle,
-      rootfs,
-      created: new Date().toISOString(),
-      owner: "",
-      annotations: spec.annotations ?? {},
-      phase: "creating",
-      mode: "container",
-      spec,
-    };
+    const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "container" });
     ctx.store.write(record);
     cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id, warn: (m) => ctx.log.warn(m) });
     let cgroupMounts = cgroupMountSources(cgroup.paths);
@@ -92,7 +79,9 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       if (blocked) {
         refuseLimitsWithoutCgroup(spec.linux?.resources, blocked, caller.euid);
         const why = `rootless: no cgroup for container ${id}: ${blocked} is not writable by uid ${caller.euid} (not delegated); the container stays in the caller's cgroup`;
-        ctx.log.debug(why);
+        // A cgroupsPath the config asked for and did not get is worth a warning (runc even fails then); the default one is not.
+        if (spec.linux?.cgroupsPath) ctx.log.warn(`linux.cgroupsPath ${JSON.stringify(spec.linux.cgroupsPath)} ignored: ${why}`);
+        else ctx.log.debug(why);
         ctx.tracer.note(why);
         cgroupMounts = cgroupMountSources(ownCgroupPaths());
         cgroup = undefined;

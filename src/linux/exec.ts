@@ -7,6 +7,8 @@ import { ContainerError } from "../util/errors.ts";
 import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
 import { runExecutor, type ExecutorRun, type ExecutorStdio } from "./executor.ts";
 import { compileContainerSeccomp } from "./seccomp.ts";
+import { describeLsm, detectLsm } from "./lsm.ts";
+import { setgroupsDenied } from "./rootless.ts";
 
 export interface ExecOptions {
   process: Process;
@@ -26,6 +28,8 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
   const status = containerStatus(ctx, record);
   if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `cannot exec in a stopped container: ${id}`);
   if (status === "paused" && !opts.ignorePaused) throw new ContainerError("container-paused", `cannot exec in a paused container: ${id} (resume it first)`);
+  const lsm = detectLsm();
+  ctx.log.debug(describeLsm(lsm));
   const plan = buildExecPlan({
     process: opts.process,
     initPid: record.pid,
@@ -34,6 +38,8 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
     preserveFds: opts.preserveFds,
     foreground: !opts.detach,
     seccomp: await compileContainerSeccomp(record.spec, ctx),
+    lsm,
+    setgroupsDenied: setgroupsDenied(record.pid),
   });
   const cgroup = reopenRecordCgroup(record);
   const run = await runExecutor(plan.ops, {
@@ -41,7 +47,8 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
     stdio: opts.stdio,
     tracer: ctx.tracer,
     onPid: (pid) => {
-      cgroup?.addProcess(pid);
+      if (!cgroup) return; // a rootless container without a delegated cgroup
+      cgroup.addProcess(pid);
       ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
     },
   });

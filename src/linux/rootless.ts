@@ -12,7 +12,7 @@
  *     otherwise the container stays in the caller's cgroup, and limits in
  *     linux.resources are refused, naming the field (runc's rule);
  *   - state lives under $XDG_RUNTIME_DIR/nano-kata, else /tmp/nano-kata-<uid>,
- *     which must then be the caller's own directory (see assertPrivateStateRoot).
+ *     which must then be the caller's own directory (assertPrivateStateRoot).
  */
 import { accessSync, constants as fsConstants, lstatSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { delimiter } from "node:path";
@@ -47,15 +47,14 @@ export function findExecutable(name: string, pathEnv = process.env.PATH ?? ""): 
 }
 
 /**
- * The default state directory of a caller that is not root. runc uses
- * $XDG_RUNTIME_DIR/runc and, without it, /run/runc, which a user cannot
- * create; nano-kata falls back to /tmp/nano-kata-<uid> instead, so a shell
- * without a login session (su, runuser, cron) still works, and checks that
- * directory's ownership before trusting it.
+ * Where src/cli/main.ts keeps a non-root caller's state without
+ * $XDG_RUNTIME_DIR. runc falls back to /run/runc there, which a user cannot
+ * create, so `runc` fails; nano-kata uses this directory instead (a shell
+ * without a login session -- su, runuser, cron -- still works), and checks
+ * its ownership before trusting it (assertPrivateStateRoot).
  */
-export function rootlessStateRoot(env: NodeJS.ProcessEnv = process.env, uid = process.geteuid?.() ?? 0): string {
-  const runtimeDir = env.XDG_RUNTIME_DIR;
-  return runtimeDir ? `${runtimeDir}/nano-kata` : `/tmp/nano-kata-${uid}`;
+export function tmpStateRoot(uid: number): string {
+  return `/tmp/nano-kata-${uid}`;
 }
 
 /**

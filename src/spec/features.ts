@@ -108,8 +108,9 @@ export function runtimeFeatures(): RuntimeFeatures {
         knownFlags: [...SECCOMP_FLAGS],
         supportedFlags: ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
       },
-      apparmor: { enabled: false },
-      selinux: { enabled: false },
+      // Supported by the runtime (applied when the host has the LSM, refused when it does not, as runc).
+      apparmor: { enabled: true },
+      selinux: { enabled: true },
       intelRdt: { enabled: false },
       mountExtensions: { idmap: { enabled: false } },
     },

@@ -35,6 +35,24 @@ export interface ContainerRecord {
   spec: Spec;
 }
 
+/** The record a create starts with (phase "creating", no pid yet). */
+export function newContainerRecord(fields: { id: string; spec: Spec; bundle: string; rootfs: string; mode: ContainerRecord["mode"]; owner?: string }): ContainerRecord {
+  return {
+    ociVersion: fields.spec.ociVersion,
+    id: fields.id,
+    pid: 0,
+    pidStartTime: "",
+    bundle: fields.bundle,
+    rootfs: fields.rootfs,
+    created: new Date().toISOString(),
+    owner: fields.owner ?? "",
+    annotations: fields.spec.annotations ?? {},
+    phase: "creating",
+    mode: fields.mode,
+    spec: fields.spec,
+  };
+}
+
 const ID_PATTERN = /^[A-Za-z0-9_+.-]+$/;
 
 /** Container ids as runc accepts them: no separators, no "." or "..", so an id can never name a path outside the root. */

@@ -16,7 +16,7 @@ import type { Spec } from "../spec/types.ts";
 import type { CreateOptions, RuntimeContext } from "../linux/container.ts";
 import type { ExecutorRun } from "../linux/executor.ts";
 import { compileContainerSeccomp } from "../linux/seccomp.ts";
-import { validateContainerId, type ContainerRecord } from "../state/store.ts";
+import { newContainerRecord, validateContainerId, type ContainerRecord } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { mkfifo } from "../util/libc.ts";
 import { projectHome } from "../util/home.ts";
@@ -126,20 +126,7 @@ export async function createVmContainer(
   const stateDir = ctx.store.dir(id);
   let child: ChildProcess | undefined;
   try {
-    const record: ContainerRecord = {
-      ociVersion: spec.ociVersion,
-      id,
-      pid: 0,
-      pidStartTime: "",
-      bundle,
-      rootfs,
-      created: new Date().toISOString(),
-      owner: "",
-      annotations: spec.annotations ?? {},
-      phase: "creating",
-      mode: "vm",
-      spec,
-    };
+    const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "vm" });
     ctx.store.write(record);
     const accel = await chooseAccelerator(image, { probe: true });
     ctx.log.debug(`vm ${id}: accelerator ${accel.accel} (${accel.reason})`);
