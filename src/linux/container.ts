@@ -251,15 +251,19 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
       const byte = new Uint8Array(1);
       const deadline = Date.now() + 10_000;
       // Init's blocking open returns once we hold the read end; then it writes one byte.
-      for (;;) {
-        let n = 0;
+      const readByte = (): boolean => {
         try {
-          n = readSync(fd, byte, 0, 1, null);
+          return readSync(fd, byte, 0, 1, null) === 1;
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+          return false;
         }
-        if (n === 1) break;
-        if (!isSameLiveProcess(record.pid, record.pidStartTime)) {
+      };
+      for (;;) {
+        if (readByte()) break;
+        // A short-lived process may open, write, exec and exit between our
+        // read and this check: its byte is then waiting in the fifo.
+        if (!isSameLiveProcess(record.pid, record.pidStartTime) && !readByte()) {
           throw new ContainerError("container-stopped", `container ${id}: init exited before it could start`);
         }
         if (Date.now() > deadline) throw new ContainerError("start-timeout", `container ${id}: init did not take the start signal`);
