@@ -26,7 +26,7 @@
 #include "nk-exec.h"
 
 struct nk_state nk = {
-	.sync_fd = -1, .peer_fd = -1, .fifo_dir_fd = -1, .console_fd = -1, .cap_last = -1,
+	.sync_fd = -1, .peer_fd = -1, .fifo_dir_fd = -1, .console_fd = -1, .listener_fd = -1, .cap_last = -1,
 };
 
 /* The plan is small (a seccomp program is the largest part); a bigger length
@@ -239,23 +239,30 @@ static int op_sync(const struct op *op)
 static int op_release_child(const struct op *op)
 {
 	(void)op;
-	if (send(nk.peer_fd, "r", 1, MSG_NOSIGNAL) != 1)
+	/* The release carries init's host pid: init cannot see it from inside its
+	 * pid namespace, and the seccomp listener must be told it. */
+	int32_t pid = (int32_t)nk.child;
+	if (send(nk.peer_fd, &pid, sizeof pid, MSG_NOSIGNAL) != (ssize_t)sizeof pid)
 		return fail(errno, "release init (pid %d)", (int)nk.child);
 	return 0;
 }
 
 static int op_wait_release(const struct op *op)
 {
-	char c;
-	ssize_t r;
+	int32_t pid;
+	size_t got = 0;
 	(void)op;
-	do
-		r = read(nk.peer_fd, &c, 1);
-	while (r < 0 && errno == EINTR);
-	if (r < 0)
-		return fail(errno, "wait for release from stage0");
-	if (r == 0)
-		return failx(EPIPE, "wait for release: stage0 exited");
+	while (got < sizeof pid) {
+		ssize_t r = read(nk.peer_fd, (char *)&pid + got, sizeof pid - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return fail(errno, "wait for release from stage0");
+		if (r == 0)
+			return failx(EPIPE, "wait for release: stage0 exited");
+		got += (size_t)r;
+	}
+	nk.host_pid = pid;
 	return 0;
 }
 
@@ -319,7 +326,7 @@ static const struct op_info op_table[] = {
 	[OP_CAPSET] = {"CAPSET", INIT, "xxx", op_capset},
 	[OP_CAP_AMBIENT] = {"CAP_AMBIENT", INIT, "x", op_cap_ambient},
 	[OP_NO_NEW_PRIVS] = {"NO_NEW_PRIVS", INIT, "", op_no_new_privs},
-	[OP_SECCOMP] = {"SECCOMP", INIT, "ib", op_seccomp},
+	[OP_SECCOMP] = {"SECCOMP", INIT, "ibs*", op_seccomp},
 	[OP_UMASK] = {"UMASK", INIT, "o", op_umask},
 	[OP_SETUP_TERMINAL] = {"SETUP_TERMINAL", INIT, "sii", op_setup_terminal},
 	[OP_JOIN_KEYRING] = {"JOIN_KEYRING", INIT, "s", op_join_keyring},
@@ -331,6 +338,7 @@ static const struct op_info op_table[] = {
 	[OP_SET_DUMPABLE] = {"SET_DUMPABLE", ANY, "i", op_set_dumpable},
 	[OP_SYNC] = {"SYNC", INIT, "s", op_sync},
 	[OP_RUN_HOOK] = {"RUN_HOOK", INIT, "sibis*", op_run_hook},
+	[OP_CONNECT_LISTENER] = {"CONNECT_LISTENER", PRE, "s", op_connect_listener},
 	[OP_WRITE_PROC_ATTR] = {"WRITE_PROC_ATTR", INIT, "ss", op_write_proc_attr},
 };
 #define OP_TABLE_SIZE (sizeof op_table / sizeof op_table[0])

@@ -37,6 +37,8 @@ struct nk_state {
 	int fifo_dir_fd;        /* FIFO_PREPARE: O_PATH fd of the fifo's directory */
 	char *fifo_name;
 	int console_fd;         /* CONNECT_CONSOLE */
+	int listener_fd;        /* CONNECT_LISTENER: the seccomp notify listener */
+	int host_pid;           /* init: its pid as the host sees it (sent with the release) */
 	int cap_last;           /* highest capability number the kernel knows */
 	int have_exec_path;     /* EXEC_LOOKUP succeeded */
 	char exec_path[PATH_MAX];
@@ -120,6 +122,8 @@ int op_write_proc_attr(const struct op *op);
 
 /* ops-tty.c: console socket, pty setup, the monitor role */
 int op_connect_console(const struct op *op);
+int op_connect_listener(const struct op *op);
+int send_seccomp_listener(int listener, const char *template);
 int op_setup_terminal(const struct op *op);
 int op_monitor(const struct op *op);
 

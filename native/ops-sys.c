@@ -419,8 +419,15 @@ int op_seccomp(const struct op *op)
 	if (r < 0)
 		return fail(err, "load seccomp filter (%zu instructions, flags %s)", len / sizeof *insns,
 			    op->arg[0]);
-	if (r > 0)
-		set_detail("listener %ld", r); /* SECCOMP_FILTER_FLAG_NEW_LISTENER */
+	if (r > 0) { /* SECCOMP_FILTER_FLAG_NEW_LISTENER: r is the notify fd */
+		if (op->argc < 3) {
+			close((int)r);
+			return failx(EINVAL, "seccomp filter returned a listener but the plan names no listener");
+		}
+		if (send_seccomp_listener((int)r, op->arg[2]) < 0)
+			return -1;
+		set_detail("listener fd sent");
+	}
 	return 0;
 }
 

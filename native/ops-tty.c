@@ -22,23 +22,62 @@
 
 #include "nk-exec.h"
 
-int op_connect_console(const struct op *op)
+static int send_fd(int sock, int fd, const char *name);
+
+/* Connect a unix stream socket at path (a host path: done before pivot_root). */
+static int connect_unix(const struct op *op, const char *what, int *out)
 {
 	const char *path = op->arg[0];
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	if (op->len[0] >= sizeof addr.sun_path)
-		return failx(ENAMETOOLONG, "connect console socket %s: path longer than %zu bytes", path,
+		return failx(ENAMETOOLONG, "connect %s %s: path longer than %zu bytes", what, path,
 			     sizeof addr.sun_path - 1);
 	memcpy(addr.sun_path, path, op->len[0] + 1);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return fail(errno, "connect console socket %s: socket", path);
+		return fail(errno, "connect %s %s: socket", what, path);
 	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
 		int err = errno;
 		close(fd);
-		return fail(err, "connect console socket %s", path);
+		return fail(err, "connect %s %s", what, path);
 	}
-	nk.console_fd = fd;
+	*out = fd;
+	return 0;
+}
+
+int op_connect_console(const struct op *op)
+{
+	return connect_unix(op, "console socket", &nk.console_fd);
+}
+
+int op_connect_listener(const struct op *op)
+{
+	return connect_unix(op, "seccomp listener", &nk.listener_fd);
+}
+
+/* SECCOMP's third argument: send the notify fd with this payload, "{pid}"
+ * replaced by our host pid (runtime-spec: containerProcessState). */
+int send_seccomp_listener(int listener, const char *template)
+{
+	char payload[65536];
+	size_t n = 0;
+	for (const char *p = template; *p && n < sizeof payload - 16;) {
+		if (strncmp(p, "{pid}", 5) == 0) {
+			n += (size_t)snprintf(payload + n, sizeof payload - n, "%d", (int)nk.host_pid);
+			p += 5;
+		} else
+			payload[n++] = *p++;
+	}
+	payload[n] = 0;
+	if (nk.listener_fd < 0)
+		return failx(EBADF, "seccomp listener: not connected");
+	int r = send_fd(nk.listener_fd, listener, payload);
+	int err = errno;
+	close(listener);
+	close(nk.listener_fd);
+	nk.listener_fd = -1;
+	if (r < 0)
+		return fail(err, "send the seccomp notify fd to the listener");
 	return 0;
 }
 

@@ -74,4 +74,6 @@
  * pid (CHILD_PID_PLACEHOLDER in src/plan/ops.ts). */
 #define NK_CHILD_PID_PLACEHOLDER "{pid}"
 
+#define OP_CONNECT_LISTENER 61
+
 #endif

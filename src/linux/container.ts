@@ -104,7 +104,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       foreground: opts.foreground,
       containerId: id,
       cgroupMounts,
-      seccomp: await compileContainerSeccomp(spec, ctx),
+      seccomp: await compileContainerSeccomp(spec, ctx, { id, bundle, listenerAllowed: true }),
       isDirectory: (p) => {
         try {
           return statSync(p).isDirectory();

@@ -37,7 +37,7 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
     consoleSocket: opts.consoleSocket,
     preserveFds: opts.preserveFds,
     foreground: !opts.detach,
-    seccomp: await compileContainerSeccomp(record.spec, ctx),
+    seccomp: await compileContainerSeccomp(record.spec, ctx, { id: record.id, bundle: record.bundle, listenerAllowed: true }),
     lsm,
     setgroupsDenied: setgroupsDenied(record.pid),
   });

@@ -164,6 +164,8 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
     throw new PlanError("console-socket-required", "process.terminal: cannot allocate a terminal for a detached container without --console-socket");
   }
   if (terminal === "socket") b.pre(OpCode.CONNECT_CONSOLE, [input.consoleSocket!], "--console-socket");
+  // A host path: connected now, used by SECCOMP after pivot_root to hand over the notify fd.
+  if (input.seccomp?.listener) b.pre(OpCode.CONNECT_LISTENER, [input.seccomp.listener.path], "linux.seccomp.listenerPath");
 
   // The user namespace first: joining it decides what the other joins are allowed to do.
   const joins = namespaces
@@ -486,6 +488,12 @@ export interface ProcessPlanOptions {
 export interface CompiledSeccompFilter {
   flags: number;
   program: Uint8Array;
+  /** SCMP_ACT_NOTIFY: where the notify fd goes, and the containerProcessState JSON ("{pid}" filled in by the executor). */
+  listener?: { path: string; payloadTemplate: string };
+}
+
+function seccompArgs(filter: CompiledSeccompFilter): (string | number | Uint8Array)[] {
+  return filter.listener ? [filter.flags, filter.program, filter.listener.payloadTemplate] : [filter.flags, filter.program];
 }
 
 /** The process part shared by create and exec: limits, terminal, credentials, caps, seccomp, cwd, exec. */
@@ -513,7 +521,7 @@ export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanO
 
   // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before
   // the capabilities go (runc's order). With it, as late as possible.
-  if (opts.seccomp && !process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
+  if (opts.seccomp && !process.noNewPrivileges) b.init(OpCode.SECCOMP, seccompArgs(opts.seccomp), seccompSource);
 
   // Capabilities: shrink the bounding set while still root, keep the permitted
   // set across setuid, then set the final sets (runc's order).
@@ -549,6 +557,6 @@ export function planProcess(b: PlanBuilder, process: Process, opts: ProcessPlanO
   b.init(OpCode.REPORT_READY, [], `${opts.verb} (process is ready)`);
   if (opts.waitForStart) b.init(OpCode.WAIT_FIFO, [], "start (blocks until `start`)");
   (opts.startContainerHooks ?? []).forEach((hook, i) => b.init(OpCode.RUN_HOOK, hookArgs(hook), `hooks.startContainer[${i}]`));
-  if (opts.seccomp && process.noNewPrivileges) b.init(OpCode.SECCOMP, [opts.seccomp.flags, opts.seccomp.program], seccompSource);
+  if (opts.seccomp && process.noNewPrivileges) b.init(OpCode.SECCOMP, seccompArgs(opts.seccomp), seccompSource);
   b.init(OpCode.EXEC, [args.length, ...args, ...env], "process.args, process.env");
 }

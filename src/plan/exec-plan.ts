@@ -47,6 +47,8 @@ export function buildExecPlan(input: ExecPlanInput): ContainerPlan {
     throw new PlanError("console-socket-required", "process.terminal: cannot allocate a terminal for a detached process without --console-socket");
   }
   if (terminal === "socket") b.pre(OpCode.CONNECT_CONSOLE, [input.consoleSocket!], "--console-socket");
+  // A host path: connected now, used by SECCOMP after pivot_root to hand over the notify fd.
+  if (input.seccomp?.listener) b.pre(OpCode.CONNECT_LISTENER, [input.seccomp.listener.path], "linux.seccomp.listenerPath");
   for (const type of JOIN_ORDER) {
     const index = input.namespaces.findIndex((n) => n.type === type);
     if (index < 0) continue;

@@ -143,7 +143,14 @@ export const OpCode = {
   CAP_AMBIENT: 45,
   /** NO_NEW_PRIVS(): prctl(PR_SET_NO_NEW_PRIVS, 1). */
   NO_NEW_PRIVS: 46,
-  /** SECCOMP(flags, bpf): seccomp(SECCOMP_SET_MODE_FILTER, flags, prog); bpf is raw struct sock_filter bytes. */
+  /**
+   * SECCOMP(flags, bpf[, payload]): seccomp(SECCOMP_SET_MODE_FILTER, flags,
+   * prog); bpf is raw struct sock_filter bytes. With SCMP_ACT_NOTIFY the
+   * kernel returns a notify fd: it is sent over SCM_RIGHTS on the
+   * CONNECT_LISTENER socket with payload (the containerProcessState JSON,
+   * "{pid}" replaced by init's host pid, which stage0 sent with the release),
+   * then closed here.
+   */
   SECCOMP: 47,
   /** UMASK(octal) */
   UMASK: 48,
@@ -196,6 +203,8 @@ export const OpCode = {
    * bound onto attr/exec) can redirect the write (CVE-2025-52881).
    */
   WRITE_PROC_ATTR: 60,
+  /** CONNECT_LISTENER(path): connect the seccomp notify listener's unix socket (a host path, so before pivot_root). */
+  CONNECT_LISTENER: 61,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
 

@@ -99,10 +99,9 @@ export function runtimeFeatures(): RuntimeFeatures {
       capabilities: allCapabilityNames(),
       cgroup: { v1: true, v2: true, systemd: false, systemdUser: false, rdma: false },
       seccomp: {
-        // Compiled in TypeScript (src/seccomp). SCMP_ACT_NOTIFY is left out:
-        // handing the listener fd to listenerPath is not wired yet.
+        // Compiled in TypeScript (src/seccomp); SCMP_ACT_NOTIFY hands the fd to listenerPath.
         enabled: true,
-        actions: [...SECCOMP_ACTIONS].filter((a) => a !== "SCMP_ACT_NOTIFY").sort(),
+        actions: [...SECCOMP_ACTIONS].sort(),
         operators: [...SECCOMP_OPERATORS].sort(),
         archs: [...SECCOMP_ARCHITECTURES].sort(),
         knownFlags: [...SECCOMP_FLAGS],

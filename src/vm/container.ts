@@ -138,7 +138,7 @@ export async function createVmContainer(
       containerId: id,
       noPivot: opts.noPivot,
       noNewKeyring: opts.noNewKeyring,
-      seccomp: await compileContainerSeccomp(spec, ctx),
+      seccomp: await compileContainerSeccomp(spec, ctx, { id, bundle, listenerAllowed: false }),
       isDirectory: (p) => {
         try {
           return statSync(p).isDirectory();

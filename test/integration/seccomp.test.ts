@@ -226,3 +226,55 @@ describe("seccomp: --trace", () => {
     }
   });
 });
+
+describe("seccomp user notification (SCMP_ACT_NOTIFY + listenerPath)", () => {
+  testIf(skip, "the listener receives the notify fd and the containerProcessState, and its answer is the syscall's result", async () => {
+    const { spawn } = await import("node:child_process");
+    const { mkdtempSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const dir = mkdtempSync(join(tmpdir(), "nkt-notify-"));
+    const socket = join(dir, "listener.sock");
+    const received = join(dir, "state.json");
+    const ETXTBSY = 26; // an answer no real mkdir in a tmpfs would give
+    const listener = spawn("python3", [join(repoRoot(), "test", "fixtures", "seccomp", "notify-listener.py"), socket, received, String(ETXTBSY)], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        listener.stdout!.once("data", () => resolve());
+        listener.once("exit", (code) => reject(new Error(`listener exited ${code}`)));
+      });
+      const bundle = newBundle({
+        args: ["sh", "-c", "mkdir /tmp/x 2>&1; echo rc=$?"],
+        override: (c) => {
+          withTmp(c);
+          c.linux.seccomp = {
+            defaultAction: "SCMP_ACT_ALLOW",
+            listenerPath: socket,
+            listenerMetadata: "nk-test-metadata",
+            syscalls: [{ names: ["mkdir", "mkdirat"], action: "SCMP_ACT_NOTIFY" }],
+          };
+        },
+      });
+      ok(createContainer(bundle));
+      const pid = JSON.parse(ok(rt(["state", bundle.id])).stdout).pid as number;
+      ok(startContainer(bundle.id));
+      const { waitUntil, containerStdout } = await import("../helpers/runtime.ts");
+      waitUntil("container output", () => containerStdout(bundle).includes("rc="));
+      expect(containerStdout(bundle)).toContain("rc=1");
+      expect(containerStdout(bundle)).toContain("Text file busy"); // the listener's answer, not a real error
+      const payload = JSON.parse(readFileSync(received, "utf8"));
+      expect(payload.fds).toEqual(["seccompFd"]);
+      expect(payload.receivedFds).toBe(1);
+      expect(payload.metadata).toBe("nk-test-metadata");
+      expect(payload.pid).toBe(pid);
+      expect(payload.state).toMatchObject({ id: bundle.id, pid, bundle: bundle.dir });
+      expect(readFileSync(`${received}.answered`, "utf8")).toMatch(/^\d+ \d+/);
+      ok(deleteForce(bundle.id));
+      assertNoLeftovers(bundle.id, bundle.dir);
+    } finally {
+      listener.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

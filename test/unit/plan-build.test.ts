@@ -246,3 +246,18 @@ describe("trace formatting", () => {
     expect(describeOp({ code: OpCode.MOUNT, section: Section.Init, args: ["/a", "/a", "", String(MS.BIND | MS.REC), ""], source: "x" })).toBe('MOUNT /a /a "" MS_BIND|MS_REC ""');
   });
 });
+
+describe("seccomp notify in the plan", () => {
+  test("CONNECT_LISTENER before clone (host path), SECCOMP carries the payload template", async () => {
+    const { listenerPayloadTemplate } = await import("../../src/linux/seccomp.ts");
+    const s = spec();
+    const template = listenerPayloadTemplate(s, { id: "c1", bundle: "/bundle" }, "meta");
+    const p = buildContainerPlan(input(s, { seccomp: { flags: 8, program: new Uint8Array(8), listener: { path: "/run/l.sock", payloadTemplate: template } } }));
+    const pre = p.ops.filter((o) => o.section === Section.Pre).map((o) => OpName[o.code]);
+    expect(pre.indexOf("CONNECT_LISTENER")).toBeLessThan(pre.indexOf("CLONE"));
+    const seccomp = p.ops.find((o) => o.code === OpCode.SECCOMP)!;
+    expect(seccomp.args[2]).toBe(template);
+    const parsed = JSON.parse(template.replaceAll("{pid}", "42"));
+    expect(parsed).toMatchObject({ fds: ["seccompFd"], pid: 42, metadata: "meta", state: { id: "c1", pid: 42, status: "creating" } });
+  });
+});

@@ -143,7 +143,7 @@ describe("runtimeFeatures", () => {
     expect(features.linux.cgroup).toMatchObject({ v1: true, v2: true, systemd: false, systemdUser: false });
     expect(features.linux.seccomp.enabled).toBe(true);
     expect(features.linux.seccomp.actions).toContain("SCMP_ACT_ERRNO");
-    expect(features.linux.seccomp.actions).not.toContain("SCMP_ACT_NOTIFY");
+    expect(features.linux.seccomp.actions).toContain("SCMP_ACT_NOTIFY");
     expect(features.linux.apparmor.enabled).toBe(true);
     expect(features.linux.selinux.enabled).toBe(true);
     expect(features.annotations["io.nanokata.version"]).toBe("0.1.0");
