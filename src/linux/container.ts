@@ -4,6 +4,7 @@
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync, unlinkSync, writeFileSync, renameSync, constants as fsConstants } from "node:fs";
 import { resolve as resolvePath } from "node:path";
+import { userInfo } from "node:os";
 import type { Hook, Spec } from "../spec/types.ts";
 import { loadSpec } from "../spec/load.ts";
 import { assertValidSpec } from "../spec/validate.ts";
@@ -46,6 +47,15 @@ export interface CreateOptions {
 
 const OCI_VERSION = "1.2.0";
 
+/** The user who owns the container (runc's `owner` in state and list). */
+function callerName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? "");
+  }
+}
+
 /** Build and carry out the plan; on any failure, nothing is left behind. */
 export async function createContainer(ctx: RuntimeContext, opts: CreateOptions): Promise<ExecutorRun & { record: ContainerRecord }> {
   const id = validateContainerId(opts.id);
@@ -69,7 +79,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
   let cgroup: CgroupManager | undefined;
   let initPid = 0;
   try {
-    const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "container" });
+    const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "container", owner: callerName() });
     ctx.store.write(record);
     cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id, warn: (m) => ctx.log.warn(m) });
     let cgroupMounts = cgroupMountSources(cgroup.paths);
