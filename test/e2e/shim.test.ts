@@ -17,6 +17,7 @@ import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startConta
 import { TtrpcClient } from "../../src/shim/ttrpc.ts";
 import { encodeUpdateTaskRequest, encodeIdOnly, decodeConnectResponse, TASK_SERVICE } from "../../src/shim/messages.ts";
 import { RUNTIME_SPEC_RESOURCES } from "../../src/shim/service.ts";
+import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
 
 const RUNTIME = "io.containerd.nanokata.v2";
 const skip = containerdAvailable();
@@ -66,7 +67,12 @@ function ourShims(): number[] {
 }
 
 d("containerd shim v2 (io.containerd.nanokata.v2)", () => {
+  // ctr gives each container the cgroupsPath /default/<id>. Each container's
+  // delete removes the parents it created; with two containers alive at once
+  // the second finds /default made by the first, so the test removes it.
+  let cgroupsBefore: Map<string, Set<string>>;
   beforeAll(async () => {
+    cgroupsBefore = cgroupTopLevel();
     c = await startContainerd();
     const proc = c.ctrSpawn(["events"]);
     const lines: string[] = [];
@@ -90,6 +96,8 @@ d("containerd shim v2 (io.containerd.nanokata.v2)", () => {
       c.ctr(["container", "rm", t]);
     }
     await c.stop();
+    const problems = removeNewCgroupParents(cgroupsBefore, ["default"]);
+    if (problems.length) throw new Error(problems.join("\n"));
   }, 60_000);
 
   test("ctr run --rm: output and exit code", () => {
