@@ -10,7 +10,7 @@
  * integration suites drive (default bin/nk-runtime).
  */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { repoRoot } from "../test/helpers/rootfs.ts";
 import { removeTestCgroupParents } from "../test/helpers/runtime.ts";
@@ -33,9 +33,31 @@ function hasTestFiles(dir: string): boolean {
   return false;
 }
 
+/** The newest modification time of any file below `dir` (0 when it does not exist). */
+function newestMtime(dir: string): number {
+  if (!existsSync(dir)) return 0;
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) {
+      if (entry.name !== "build") newest = Math.max(newest, newestMtime(path));
+    } else if (entry.isFile()) newest = Math.max(newest, statSync(path).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * The tests run bin/nk-runtime, which prefers the compiled dist/nk-runtime: a
+ * build older than the sources would test yesterday's code. Rebuild when a
+ * source is newer than the binary (make itself decides what native/ needs).
+ */
 function buildIfNeeded(root: string): void {
-  if (existsSync(join(root, "native", "build", "nk-exec")) && existsSync(join(root, "dist"))) return;
-  console.log("native/build/nk-exec or dist/ missing: running npm run build");
+  const binary = join(root, "dist", "nk-runtime");
+  const missing = !existsSync(join(root, "native", "build", "nk-exec")) || !existsSync(binary);
+  const builtAt = missing ? 0 : statSync(binary).mtimeMs;
+  const stale = !missing && Math.max(newestMtime(join(root, "src")), newestMtime(join(root, "native"))) > builtAt;
+  if (!missing && !stale) return;
+  console.log(missing ? "native/build/nk-exec or dist/nk-runtime missing: running npm run build" : "sources are newer than dist/nk-runtime: running npm run build");
   const r = spawnSync("npm", ["run", "build"], { cwd: root, stdio: "inherit" });
   if (r.status !== 0) {
     console.error("npm run build failed");
