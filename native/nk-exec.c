@@ -339,6 +339,8 @@ static const struct op_info op_table[] = {
 	[OP_SYNC] = {"SYNC", INIT, "s", op_sync},
 	[OP_RUN_HOOK] = {"RUN_HOOK", INIT, "sibis*", op_run_hook},
 	[OP_CONNECT_LISTENER] = {"CONNECT_LISTENER", PRE, "s", op_connect_listener},
+	[OP_OPEN_TREE] = {"OPEN_TREE", ANY, "s", op_open_tree},
+	[OP_MOVE_MOUNT] = {"MOVE_MOUNT", ANY, "s", op_move_mount},
 	[OP_WRITE_PROC_ATTR] = {"WRITE_PROC_ATTR", INIT, "ss", op_write_proc_attr},
 };
 #define OP_TABLE_SIZE (sizeof op_table / sizeof op_table[0])

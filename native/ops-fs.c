@@ -233,6 +233,40 @@ int op_mount(const struct op *op)
 	return 0;
 }
 
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+
+/* The detached tree between OPEN_TREE and MOVE_MOUNT (one at a time). */
+static int held_tree = -1;
+
+int op_open_tree(const struct op *op)
+{
+	if (held_tree >= 0)
+		return failx(EBUSY, "open_tree %s: a detached tree is already held", op->arg[0]);
+	held_tree = (int)syscall(SYS_open_tree, AT_FDCWD, op->arg[0],
+				 OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC);
+	if (held_tree < 0)
+		return fail(errno, "open_tree %s", op->arg[0]);
+	return 0;
+}
+
+int op_move_mount(const struct op *op)
+{
+	if (held_tree < 0)
+		return failx(EINVAL, "move_mount to %s: no tree held (OPEN_TREE first)", op->arg[0]);
+	int r = (int)syscall(SYS_move_mount, held_tree, "", AT_FDCWD, op->arg[0], MOVE_MOUNT_F_EMPTY_PATH);
+	int err = errno;
+	close(held_tree);
+	held_tree = -1;
+	if (r < 0)
+		return fail(err, "move_mount to %s", op->arg[0]);
+	return 0;
+}
+
 int op_mount_in_root(const struct op *op)
 {
 	enum create_kind create = CREATE_NONE;

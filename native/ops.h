@@ -75,5 +75,7 @@
 #define NK_CHILD_PID_PLACEHOLDER "{pid}"
 
 #define OP_CONNECT_LISTENER 61
+#define OP_OPEN_TREE 80
+#define OP_MOVE_MOUNT 81
 
 #endif

@@ -140,3 +140,47 @@ export function runExecutor(ops: readonly PlanOp[], opts: ExecutorOptions): Prom
   });
 }
 
+
+/**
+ * Run a plan that has only Pre ops (no CLONE): the executor carries them out
+ * in itself and exits. Resolves when every op succeeded; rejects with the
+ * first op that failed, naming its source field.
+ */
+export function runPreOnlyPlan(ops: readonly PlanOp[], tracer: Tracer): Promise<void> {
+  if (ops.some((op) => op.section !== Section.Pre || op.code === OpCode.CLONE)) {
+    return Promise.reject(new ExecutorError("runPreOnlyPlan: the plan has a CLONE or non-Pre ops", 22, "plan"));
+  }
+  const child = spawn(executorPath(), ["3"], { stdio: ["ignore", "ignore", "inherit", "pipe"] });
+  const sync = child.stdio[3] as unknown as Socket;
+  let failure: ExecutorError | undefined;
+  let buffered = "";
+  sync.on("data", (chunk: Buffer) => {
+    buffered += chunk.toString("utf8");
+    let nl: number;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const [kind, index, errno, ...message] = buffered.slice(0, nl).split(" ");
+      buffered = buffered.slice(nl + 1);
+      const op = ops[Number(index)];
+      if (kind === "ok" && op) tracer.op(op, [errno, ...message].filter(Boolean).join(" ") || "ok");
+      else if (kind === "err" && !failure) {
+        if (op) tracer.op(op, `failed: ${message.join(" ")}`);
+        failure = new ExecutorError(op ? `${message.join(" ")} (${op.source})` : message.join(" "), Number(errno), op?.source ?? "plan");
+      }
+    }
+  });
+  sync.on("error", () => {});
+  const plan = encodePlan(ops);
+  const header = new Uint8Array(4);
+  new DataView(header.buffer).setUint32(0, plan.length, true);
+  sync.write(header);
+  sync.write(plan);
+  return new Promise<void>((resolve, reject) => {
+    child.on("error", (e) => reject(new ExecutorError(`cannot run the executor ${executorPath()}: ${e.message}`, 2, "plan")));
+    // "close", not "exit": every sync line has been read by then.
+    child.on("close", (code) => {
+      if (failure) reject(failure);
+      else if (code !== 0) reject(new ExecutorError(`the executor exited with ${code}`, 5, "plan"));
+      else resolve();
+    });
+  });
+}

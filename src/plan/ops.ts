@@ -205,6 +205,16 @@ export const OpCode = {
   WRITE_PROC_ATTR: 60,
   /** CONNECT_LISTENER(path): connect the seccomp notify listener's unix socket (a host path, so before pivot_root). */
   CONNECT_LISTENER: 61,
+  /**
+   * OPEN_TREE(path): clone the mount tree at path (recursively) into a
+   * detached mount the executor holds (open_tree(2) OPEN_TREE_CLONE). With
+   * MOVE_MOUNT after a SETNS into another mount namespace, this puts a host
+   * directory into that namespace only -- how a running VM's virtiofsd gets a
+   * new container's rootfs without any mount on the host.
+   */
+  OPEN_TREE: 80,
+  /** MOVE_MOUNT(target): attach the tree OPEN_TREE holds at target, in the current mount namespace (move_mount(2)). */
+  MOVE_MOUNT: 81,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
 

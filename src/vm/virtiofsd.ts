@@ -10,7 +10,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync
 import { join } from "node:path";
 import { CLONE, MS } from "../plan/constants.ts";
 import { OpCode, Section, type PlanOp } from "../plan/ops.ts";
-import { runExecutor } from "../linux/executor.ts";
+import { runExecutor, runPreOnlyPlan } from "../linux/executor.ts";
 import { Tracer } from "../linux/trace.ts";
 import { VmError } from "./driver.ts";
 import type { ShareEntry } from "./plan.ts";
@@ -101,5 +101,33 @@ export function tail(path: string, lines = 5): string {
     return readFileSync(path, "utf8").trim().split("\n").slice(-lines).join(" | ") || "(empty log)";
   } catch {
     return "(no log)";
+  }
+}
+
+/**
+ * Add a share entry to a running virtiofsd: the host path is cloned as a
+ * detached mount (open_tree), then attached inside virtiofsd's own mount
+ * namespace (setns + move_mount), so the guest sees it under the share while
+ * the host's mount table stays untouched. This is how a container that joins
+ * an already running VM (a pod's second container) gets its rootfs there.
+ */
+export function sharePlan(virtiofsdPid: number, shareDir: string, entry: ShareEntry): PlanOp[] {
+  const op = (code: OpCode, args: (string | number)[], source: string): PlanOp => ({ code, section: Section.Pre, source, args: args.map(String) });
+  return [
+    op(OpCode.OPEN_TREE, [entry.hostPath], `vm: share ${entry.name}`),
+    op(OpCode.SETNS, [`/proc/${virtiofsdPid}/ns/mnt`, "mnt"], "vm: virtiofsd's mount namespace"),
+    op(OpCode.MOVE_MOUNT, [join(shareDir, entry.name)], `vm: share ${entry.name}`),
+  ];
+}
+
+export async function addShareEntry(virtiofsdPid: number, shareDir: string, entry: ShareEntry, tracer = new Tracer(false)): Promise<void> {
+  const target = join(shareDir, entry.name);
+  // The mount point, on the host's file system (virtiofsd's namespace sees the same directory).
+  if (entry.isDirectory) mkdirSync(target, { recursive: true });
+  else if (!existsSync(target)) writeFileSync(target, "");
+  try {
+    await runPreOnlyPlan(sharePlan(virtiofsdPid, shareDir, entry), tracer);
+  } catch (e) {
+    throw new VmError("share-failed", `cannot share ${entry.hostPath} with the VM: ${(e as Error).message}`);
   }
 }
