@@ -10,9 +10,14 @@
  * a tmpfs root (pivot_root refuses the initramfs itself, and the container's
  * pivot_root needs a real mount above it); mount cgroup2 and make the
  * container's cgroup (nk.cgroup=); mount the virtiofs share; open the port;
- * say HELLO. Then, for each PLAN: fork an executor with
- * pipes for stdio and a socketpair for its sync socket, and relay frames until
- * it exits (EXIT with its status). As PID 1 the agent reaps every orphan.
+ * say HELLO. Then, for each PLAN: fork an executor for the frame's session
+ * with pipes for stdio and a socketpair for its sync socket, and relay frames
+ * until it exits (EXIT with its status). Sessions are independent: the
+ * container's init is session 0, exec processes get others. A session with a
+ * terminal gets a console socket (CONSOLE) on which its init's
+ * SETUP_TERMINAL sends the pty master, as runc's --console-socket does; the
+ * agent then relays the pty and applies RESIZE frames to it. As PID 1 the
+ * agent reaps every orphan.
  * When the host goes away (the port hangs up) or the agent fails, the guest
  * powers off, so no VM outlives its host process.
  */
@@ -30,9 +35,11 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,39 +67,64 @@ static void step(const char *what)
 		dprintf(2, "nk-agent: %ld ms: %s\n", uptime_ms(), what);
 }
 
-/* The one executor at a time and its plumbing; -1 when absent. */
-static struct {
+/*
+ * Sessions: each is one executor run (the container's init is session 0,
+ * exec processes and later containers get other ids from the host) with its
+ * own stdio pipes, sync socket, exec fifo, console socket and pty master.
+ * A slot is free when id < 0; fds are -1 when absent.
+ */
+struct session {
+	int id;
 	pid_t pid;
 	int sync, out, err, in;
 	char *pending; /* stdin received from the host, not yet written */
 	size_t pending_len, pending_cap;
-	int in_eof; /* the host's stdin ended: close ours once pending is written */
-	int fifo;   /* the exec fifo being read after START */
+	int in_eof;	/* the host's stdin ended: close ours once pending is written */
+	int fifo;	/* the exec fifo being read after START */
 	char fifo_path[256];
-} ex = {.pid = -1, .sync = -1, .out = -1, .err = -1, .in = -1, .fifo = -1};
+	int listen;	/* console socket (CONSOLE) until the pty master arrives */
+	int conn;	/* the executor's connection to it */
+	int master;	/* the pty master: the process's stdin and output */
+	char console_path[108];
+	struct winsize ws; /* RESIZE before the master arrived */
+	int ws_pending;
+};
+
+static struct session sessions[NK_SESSIONS_MAX];
+
+static void session_reset(struct session *s)
+{
+	free(s->pending);
+	*s = (struct session){.id = -1, .pid = -1, .sync = -1, .out = -1, .err = -1, .in = -1, .fifo = -1, .listen = -1, .conn = -1, .master = -1};
+}
 
 static void __attribute__((noreturn)) power_off(void)
 {
 	sync();
-	reboot(RB_POWER_OFF);
+	/* A reset, not a power-off: the VMM runs with -no-reboot, so a reset
+	 * (reboot=t: an immediate triple fault) ends it. Powering off needs ACPI,
+	 * which the minimal guest kernel lacks: there RB_POWER_OFF only halts
+	 * the CPUs and the VM would live on. */
+	reboot(RB_AUTOBOOT);
 	_exit(1); /* PID 1 exiting panics the kernel; panic=-1 then reboots, which ends the VM too */
 }
 
 /* ------------------------------------------------------------------ frames */
 
-static void send_frame(unsigned type, const void *payload, size_t len)
+static void send_frame(unsigned session, unsigned type, const void *payload, size_t len)
 {
-	unsigned char hdr[NK_FRAME_HEADER] = {len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, (len >> 24) & 0xff, type, 0, 0, 0};
+	unsigned char hdr[NK_FRAME_HEADER] = {len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, (len >> 24) & 0xff,
+					      type, session & 0xff, (session >> 8) & 0xff, 0};
 	if (port < 0)
 		return;
 	if (write_all(port, hdr, sizeof hdr) < 0 || (len && write_all(port, payload, len) < 0))
 		power_off(); /* the host is gone */
 }
 
-static void send_u32(unsigned type, uint32_t v)
+static void send_u32(unsigned session, unsigned type, uint32_t v)
 {
 	unsigned char b[4] = {v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24};
-	send_frame(type, b, 4);
+	send_frame(session, type, b, 4);
 }
 
 /* Report a problem of the agent itself: to the host when connected, else the console. */
@@ -109,7 +141,7 @@ static void say(const char *fmt, ...)
 	if ((size_t)n >= sizeof line)
 		n = sizeof line - 1;
 	if (port >= 0)
-		send_frame(NK_F_LOG, line, (size_t)n);
+		send_frame(0, NK_F_LOG, line, (size_t)n);
 	else
 		dprintf(2, "nk-agent: %s\n", line);
 }
@@ -283,7 +315,7 @@ static int open_port(const char *name)
 	fatal("find the virtio-serial port named on the command line (nk.port)");
 }
 
-/* --------------------------------------------------------------- executor */
+/* --------------------------------------------------------------- sessions */
 
 static void close_fd(int *fd)
 {
@@ -292,11 +324,55 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
-static void start_executor(const unsigned char *plan, size_t len)
+static struct session *find_session(unsigned id)
+{
+	for (int i = 0; i < NK_SESSIONS_MAX; i++)
+		if (sessions[i].id == (int)id)
+			return &sessions[i];
+	return NULL;
+}
+
+/* The session with this id, made on first use; NULL when every slot is taken. */
+static struct session *session_for(unsigned id)
+{
+	struct session *s = find_session(id);
+	for (int i = 0; !s && i < NK_SESSIONS_MAX; i++)
+		if (sessions[i].id < 0) {
+			s = &sessions[i];
+			session_reset(s);
+			s->id = (int)id;
+		}
+	if (!s)
+		say("session %u: more than %d sessions at once: refused", id, NK_SESSIONS_MAX);
+	return s;
+}
+
+static void session_free(struct session *s)
+{
+	close_fd(&s->sync);
+	close_fd(&s->out);
+	close_fd(&s->err);
+	close_fd(&s->in);
+	close_fd(&s->fifo);
+	close_fd(&s->listen);
+	close_fd(&s->conn);
+	close_fd(&s->master);
+	if (s->console_path[0])
+		unlink(s->console_path);
+	session_reset(s);
+}
+
+/* Where the host's stdin goes: the pty once the session has one, else the pipe. */
+static int stdin_target(const struct session *s)
+{
+	return s->console_path[0] ? s->master : s->in;
+}
+
+static void start_executor(struct session *s, const unsigned char *plan, size_t len)
 {
 	int pair[2], in[2], out[2], err[2];
-	if (ex.pid > 0) {
-		say("a plan arrived while another is running: ignored");
+	if (s->pid > 0) {
+		say("session %d: a plan arrived while another is running: ignored", s->id);
 		return;
 	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 || pipe2(in, O_CLOEXEC) < 0 ||
@@ -310,52 +386,105 @@ static void start_executor(const unsigned char *plan, size_t len)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		signal(SIGPIPE, SIG_DFL); /* an ignored signal would stay ignored across execve */
-		close(port);
-		close(sigfd);
-		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
+		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0 || dup2(pair[1], 3) < 0)
 			_exit(1);
-		/* The agent's ends must go now, not at execve: stage0 never execs
-		 * (it stays as the monitor), and a stdin write end it kept would
-		 * keep the container from ever reading end-of-file. */
-		close(pair[0]);
-		close(in[1]);
-		close(out[0]);
-		close(err[0]);
-		_exit(nk_execute(pair[1]));
+		/* Every other fd of the agent must go now, not at execve: stage0
+		 * never execs (it stays as the monitor), and a stdin write end --
+		 * this session's or another's -- that it kept would keep a process
+		 * from ever reading end-of-file. */
+		if (syscall(SYS_close_range, 4, ~0u, 0) < 0)
+			for (int fd = 4; fd < 1024; fd++)
+				close(fd);
+		_exit(nk_execute(3));
 	}
 	close(pair[1]);
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
-	ex.pid = pid;
-	ex.sync = pair[0];
-	ex.in = in[1];
-	ex.out = out[0];
-	ex.err = err[0];
-	ex.in_eof = 0;
-	ex.pending_len = 0;
-	fcntl(ex.in, F_SETFL, O_NONBLOCK);
-	fcntl(ex.out, F_SETFL, O_NONBLOCK);
-	fcntl(ex.err, F_SETFL, O_NONBLOCK);
+	s->pid = pid;
+	s->sync = pair[0];
+	s->in = in[1];
+	s->out = out[0];
+	s->err = err[0];
+	s->in_eof = 0;
+	fcntl(s->in, F_SETFL, O_NONBLOCK);
+	fcntl(s->out, F_SETFL, O_NONBLOCK);
+	fcntl(s->err, F_SETFL, O_NONBLOCK);
 	unsigned char hdr[4] = {len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, len >> 24};
 	/* The executor reads the whole plan before it writes a line. */
-	if (write_all(ex.sync, hdr, 4) < 0 || write_all(ex.sync, plan, len) < 0)
-		say("send the plan to the executor: %s", strerror(errno));
+	if (write_all(s->sync, hdr, 4) < 0 || write_all(s->sync, plan, len) < 0)
+		say("session %d: send the plan to the executor: %s", s->id, strerror(errno));
+}
+
+/* Listen on the path the plan's CONNECT_CONSOLE will connect to. */
+static void open_console(struct session *s, const unsigned char *p, size_t len)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (len == 0 || len >= sizeof addr.sun_path || len >= sizeof s->console_path || s->console_path[0]) {
+		say("session %d: console socket path refused", s->id);
+		return;
+	}
+	memcpy(s->console_path, p, len);
+	s->console_path[len] = 0;
+	memcpy(addr.sun_path, p, len);
+	unlink(s->console_path);
+	s->listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (s->listen < 0 || bind(s->listen, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(s->listen, 1) < 0) {
+		say("session %d: listen on %s: %s", s->id, s->console_path, strerror(errno));
+		close_fd(&s->listen);
+	}
+}
+
+static void apply_winsize(struct session *s)
+{
+	if (s->master >= 0 && s->ws_pending) {
+		if (ioctl(s->master, TIOCSWINSZ, &s->ws) < 0)
+			say("session %d: resize the terminal: %s", s->id, strerror(errno));
+		s->ws_pending = 0;
+	}
+}
+
+static void accept_console(struct session *s)
+{
+	int c = accept4(s->listen, NULL, NULL, SOCK_CLOEXEC);
+	if (c < 0)
+		return;
+	close_fd(&s->listen);
+	s->conn = c;
+}
+
+/* The pty master SETUP_TERMINAL sends (one fd, the pty's name as payload). */
+static void receive_master(struct session *s)
+{
+	char name[256], cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {name, sizeof name};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+	ssize_t n = recvmsg(s->conn, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	for (struct cmsghdr *c = n > 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(&s->master, CMSG_DATA(c), sizeof(int));
+	close_fd(&s->conn);
+	if (s->master < 0)
+		return; /* the executor failed before SETUP_TERMINAL: its sync lines say why */
+	fcntl(s->master, F_SETFL, O_NONBLOCK);
+	apply_winsize(s);
 }
 
 /* Forward what fd has to the host as frames of `type`; returns 0 at EOF/error. */
-static int forward(int fd, unsigned type)
+static int forward(const struct session *s, int fd, unsigned type)
 {
 	unsigned char buf[32768];
 	ssize_t n = read(fd, buf, sizeof buf);
 	if (n > 0) {
-		send_frame(type, buf, (size_t)n);
+		send_frame((unsigned)s->id, type, buf, (size_t)n);
 		return 1;
 	}
 	return n < 0 && (errno == EAGAIN || errno == EINTR);
 }
 
-static void drain(int *fd, unsigned type)
+static void drain(const struct session *s, int *fd, unsigned type)
 {
 	if (*fd < 0)
 		return;
@@ -364,15 +493,16 @@ static void drain(int *fd, unsigned type)
 	ssize_t n;
 	while ((n = read(*fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
 		if (n > 0)
-			send_frame(type, buf, (size_t)n);
+			send_frame((unsigned)s->id, type, buf, (size_t)n);
 	close_fd(fd);
 }
 
-static void write_stdin(void)
+static void write_stdin(struct session *s)
 {
 	size_t done = 0;
-	while (ex.in >= 0 && done < ex.pending_len) {
-		ssize_t n = write(ex.in, ex.pending + done, ex.pending_len - done);
+	int fd = stdin_target(s);
+	while (fd >= 0 && done < s->pending_len) {
+		ssize_t n = write(fd, s->pending + done, s->pending_len - done);
 		if (n > 0)
 			done += (size_t)n;
 		else if (n < 0 && errno == EINTR)
@@ -380,33 +510,35 @@ static void write_stdin(void)
 		else if (n < 0 && errno == EAGAIN)
 			break;
 		else {
-			done = ex.pending_len; /* nobody reads stdin any more: drop it */
-			close_fd(&ex.in);
+			done = s->pending_len; /* nobody reads stdin any more: drop it */
+			if (fd == s->in)
+				close_fd(&s->in);
+			break;
 		}
 	}
 	if (debug)
-		dprintf(2, "nk-agent: %ld ms: stdin: wrote %zu of %zu\n", uptime_ms(), done, ex.pending_len);
+		dprintf(2, "nk-agent: %ld ms: session %d stdin: wrote %zu of %zu\n", uptime_ms(), s->id, done, s->pending_len);
 	if (done) {
-		memmove(ex.pending, ex.pending + done, ex.pending_len - done);
-		ex.pending_len -= done;
-		send_u32(NK_F_STDIN_ACK, (uint32_t)done);
+		memmove(s->pending, s->pending + done, s->pending_len - done);
+		s->pending_len -= done;
+		send_u32((unsigned)s->id, NK_F_STDIN_ACK, (uint32_t)done);
 	}
-	if (ex.in_eof && ex.pending_len == 0)
-		close_fd(&ex.in);
+	/* A pty has no end of input short of hanging up: only the pipe is closed. */
+	if (s->in_eof && s->pending_len == 0)
+		close_fd(&s->in);
 }
 
-static void executor_exited(int status)
+static void executor_exited(struct session *s, int status)
 {
-	/* Everything the executor and the container wrote is in the pipes by
-	 * now (the container exited before its monitor did): send it first. */
-	drain(&ex.sync, NK_F_SYNCOUT);
-	drain(&ex.out, NK_F_STDOUT);
-	drain(&ex.err, NK_F_STDERR);
-	close_fd(&ex.in);
-	close_fd(&ex.fifo);
-	ex.pending_len = 0;
-	ex.pid = -1;
-	send_u32(NK_F_EXIT, WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+	/* Everything the executor and the process wrote is in the pipes (or
+	 * the pty) by now (the process exited before its monitor did): send
+	 * it first. */
+	drain(s, &s->sync, NK_F_SYNCOUT);
+	drain(s, &s->out, NK_F_STDOUT);
+	drain(s, &s->err, NK_F_STDERR);
+	drain(s, &s->master, NK_F_STDOUT);
+	send_u32((unsigned)s->id, NK_F_EXIT, WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+	session_free(s);
 }
 
 static void reap(void)
@@ -414,56 +546,113 @@ static void reap(void)
 	int status;
 	pid_t pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-		if (pid == ex.pid)
-			executor_exited(status);
+		for (int i = 0; i < NK_SESSIONS_MAX; i++)
+			if (sessions[i].id >= 0 && sessions[i].pid == pid)
+				executor_exited(&sessions[i], status);
 }
 
 /* ------------------------------------------------------------ host frames */
 
-static void handle_frame(unsigned type, const unsigned char *p, size_t len)
+/* READ: the file's contents (a cgroup file: small) as FILE, or the errno. */
+static void read_file(unsigned session, const unsigned char *p, size_t len)
+{
+	char path[4096];
+	static unsigned char buf[4 + NK_READ_MAX];
+	size_t have = 0;
+	uint32_t err = 0;
+	if (len == 0 || len >= sizeof path) {
+		err = ENAMETOOLONG;
+	} else {
+		memcpy(path, p, len);
+		path[len] = 0;
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			err = (uint32_t)errno;
+		while (fd >= 0 && have < NK_READ_MAX) {
+			ssize_t n = read(fd, buf + 4 + have, NK_READ_MAX - have);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				err = (uint32_t)errno;
+			if (n <= 0)
+				break;
+			have += (size_t)n;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	if (err)
+		have = 0;
+	buf[0] = err & 0xff, buf[1] = (err >> 8) & 0xff, buf[2] = (err >> 16) & 0xff, buf[3] = err >> 24;
+	send_frame(session, NK_F_FILE, buf, 4 + have);
+}
+
+static void handle_frame(unsigned session, unsigned type, const unsigned char *p, size_t len)
 {
 	if (debug)
-		dprintf(2, "nk-agent: %ld ms: frame %u, %zu bytes\n", uptime_ms(), type, len);
-	switch (type) {
-	case NK_F_PLAN:
-		start_executor(p, len);
-		break;
-	case NK_F_SYNC:
-		if (ex.sync >= 0 && write_all(ex.sync, p, len) < 0)
-			say("write to the executor's sync socket: %s", strerror(errno));
-		break;
-	case NK_F_STDIN:
-		if (len == 0) {
-			ex.in_eof = 1;
-		} else if (ex.in < 0) {
-			send_u32(NK_F_STDIN_ACK, (uint32_t)len); /* nobody reads it: dropped, but acknowledged */
-		} else {
-			if (ex.pending_len + len > ex.pending_cap) {
-				size_t cap = ex.pending_len + len + STDIN_CHUNK;
-				char *grown = realloc(ex.pending, cap);
-				if (!grown)
-					fatal("buffer stdin");
-				ex.pending = grown;
-				ex.pending_cap = cap;
-			}
-			memcpy(ex.pending + ex.pending_len, p, len);
-			ex.pending_len += len;
-		}
-		write_stdin();
-		break;
-	case NK_F_SIGNAL:
+		dprintf(2, "nk-agent: %ld ms: session %u frame %u, %zu bytes\n", uptime_ms(), session, type, len);
+	if (type == NK_F_SIGNAL) {
 		/* One process only: never 0 or -1 (a group, everyone) and never the agent. */
 		if (len != 8 || le32(p) <= 1 || le32(p) > INT32_MAX)
 			say("signal frame for pid %u refused", len == 8 ? le32(p) : 0);
 		else if (kill((pid_t)le32(p), (int)le32(p + 4)) < 0)
 			say("kill %u %u: %s", le32(p), le32(p + 4), strerror(errno));
+		return;
+	}
+	if (type == NK_F_READ) {
+		read_file(session, p, len);
+		return;
+	}
+	/* Only these may open a session; the rest belong to one that exists. */
+	struct session *s = type == NK_F_PLAN || type == NK_F_CONSOLE ? session_for(session) : find_session(session);
+	if (!s) {
+		if (type == NK_F_STDIN && len)
+			send_u32(session, NK_F_STDIN_ACK, (uint32_t)len); /* keep the host's window honest */
+		return;
+	}
+	switch (type) {
+	case NK_F_PLAN:
+		start_executor(s, p, len);
+		break;
+	case NK_F_CONSOLE:
+		open_console(s, p, len);
+		break;
+	case NK_F_SYNC:
+		if (s->sync >= 0 && write_all(s->sync, p, len) < 0)
+			say("session %d: write to the executor's sync socket: %s", s->id, strerror(errno));
+		break;
+	case NK_F_STDIN:
+		if (len == 0) {
+			s->in_eof = 1;
+		} else if (!s->console_path[0] && s->in < 0) {
+			send_u32(session, NK_F_STDIN_ACK, (uint32_t)len); /* nobody reads it: dropped, but acknowledged */
+		} else {
+			if (s->pending_len + len > s->pending_cap) {
+				size_t cap = s->pending_len + len + STDIN_CHUNK;
+				char *grown = realloc(s->pending, cap);
+				if (!grown)
+					fatal("buffer stdin");
+				s->pending = grown;
+				s->pending_cap = cap;
+			}
+			memcpy(s->pending + s->pending_len, p, len);
+			s->pending_len += len;
+		}
+		write_stdin(s);
+		break;
+	case NK_F_RESIZE:
+		if (len != 8)
+			break;
+		s->ws = (struct winsize){.ws_row = (unsigned short)le32(p), .ws_col = (unsigned short)le32(p + 4)};
+		s->ws_pending = 1;
+		apply_winsize(s);
 		break;
 	case NK_F_START:
-		snprintf(ex.fifo_path, sizeof ex.fifo_path, "%.*s", (int)len, (const char *)p);
-		close_fd(&ex.fifo);
-		ex.fifo = open(ex.fifo_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-		if (ex.fifo < 0)
-			say("open exec fifo %s: %s", ex.fifo_path, strerror(errno));
+		snprintf(s->fifo_path, sizeof s->fifo_path, "%.*s", (int)len, (const char *)p);
+		close_fd(&s->fifo);
+		s->fifo = open(s->fifo_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (s->fifo < 0)
+			say("open exec fifo %s: %s", s->fifo_path, strerror(errno));
 		break;
 	default:
 		say("unknown frame type %u (%zu bytes): ignored", type, len);
@@ -493,9 +682,9 @@ static void read_port(void)
 	size_t at = 0;
 	while (have - at >= NK_FRAME_HEADER) {
 		uint32_t len = le32(buf + at);
-		if (len > NK_FRAME_MAX) {
+		if (len > NK_FRAME_MAX || buf[at + 7] != 0) {
 			errno = EPROTO;
-			fatal("a frame longer than the protocol allows");
+			fatal("a frame the protocol does not allow (stream out of step)");
 		}
 		if (have - at < NK_FRAME_HEADER + len) {
 			if (cap < NK_FRAME_HEADER + len) {
@@ -509,23 +698,27 @@ static void read_port(void)
 			}
 			break;
 		}
-		handle_frame(buf[at + 4], buf + at + NK_FRAME_HEADER, len);
+		handle_frame(buf[at + 5] | (unsigned)buf[at + 6] << 8, buf[at + 4], buf + at + NK_FRAME_HEADER, len);
 		at += NK_FRAME_HEADER + len;
 	}
 	memmove(buf, buf + at, have - at);
 	have -= at;
 }
 
-static void read_fifo(void)
+static void read_fifo(struct session *s)
 {
 	char c;
-	ssize_t n = read(ex.fifo, &c, 1);
+	ssize_t n = read(s->fifo, &c, 1);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	close_fd(&ex.fifo);
+	close_fd(&s->fifo);
 	if (n == 1)
-		unlink(ex.fifo_path);
+		unlink(s->fifo_path);
 }
+
+/* One pollfd per open fd of every session; `what` says which fd it was. */
+enum { W_SYNC, W_OUT, W_ERR, W_IN, W_FIFO, W_LISTEN, W_CONN, W_MASTER };
+#define POLL_MAX (2 + NK_SESSIONS_MAX * 8)
 
 int main(void)
 {
@@ -536,6 +729,8 @@ int main(void)
 		fprintf(stderr, "nk-agent: runs as a VM guest's init (pid 1) only\n");
 		return 2;
 	}
+	for (int i = 0; i < NK_SESSIONS_MAX; i++)
+		session_reset(&sessions[i]);
 	umask(022);
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);
@@ -551,35 +746,93 @@ int main(void)
 
 	char hello[64];
 	int n = snprintf(hello, sizeof hello, "%s %ld", NK_VERSION, uptime_ms());
-	send_frame(NK_F_HELLO, hello, (size_t)n);
+	send_frame(0, NK_F_HELLO, hello, (size_t)n);
 
+	static struct pollfd p[POLL_MAX];
+	static struct {
+		int slot, what;
+	} owner[POLL_MAX];
 	for (;;) {
-		struct pollfd p[7] = {
-			{port, POLLIN, 0},
-			{sigfd, POLLIN, 0},
-			{ex.sync, POLLIN, 0},
-			{ex.out, POLLIN, 0},
-			{ex.err, POLLIN, 0},
-			{ex.pending_len ? ex.in : -1, POLLOUT, 0},
-			{ex.fifo, POLLIN, 0},
-		};
-		if (poll(p, 7, -1) < 0) {
+		int count = 2;
+		p[0] = (struct pollfd){port, POLLIN, 0};
+		p[1] = (struct pollfd){sigfd, POLLIN, 0};
+		for (int i = 0; i < NK_SESSIONS_MAX; i++) {
+			struct session *s = &sessions[i];
+			if (s->id < 0)
+				continue;
+			const struct {
+				int fd, what;
+				short events;
+			} fds[] = {
+				{s->sync, W_SYNC, POLLIN},
+				{s->out, W_OUT, POLLIN},
+				{s->err, W_ERR, POLLIN},
+				{s->pending_len && !s->console_path[0] ? s->in : -1, W_IN, POLLOUT},
+				{s->fifo, W_FIFO, POLLIN},
+				{s->listen, W_LISTEN, POLLIN},
+				{s->conn, W_CONN, POLLIN},
+				{s->master, W_MASTER, (short)(POLLIN | (s->pending_len ? POLLOUT : 0))},
+			};
+			for (size_t k = 0; k < sizeof fds / sizeof fds[0]; k++)
+				if (fds[k].fd >= 0) {
+					p[count] = (struct pollfd){fds[k].fd, fds[k].events, 0};
+					owner[count].slot = i;
+					owner[count].what = fds[k].what;
+					count++;
+				}
+		}
+		if (poll(p, (nfds_t)count, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			fatal("poll");
 		}
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
 			read_port();
-		if (p[2].revents && !forward(ex.sync, NK_F_SYNCOUT))
-			close_fd(&ex.sync);
-		if (p[3].revents && !forward(ex.out, NK_F_STDOUT))
-			close_fd(&ex.out);
-		if (p[4].revents && !forward(ex.err, NK_F_STDERR))
-			close_fd(&ex.err);
-		if (p[5].revents)
-			write_stdin();
-		if (p[6].revents)
-			read_fifo();
+		/* A frame may have ended or reset a session: skip fds that changed. */
+		for (int k = 2; k < count; k++) {
+			struct session *s = &sessions[owner[k].slot];
+			if (!p[k].revents || s->id < 0)
+				continue;
+			switch (owner[k].what) {
+			case W_SYNC:
+				if (s->sync == p[k].fd && !forward(s, s->sync, NK_F_SYNCOUT))
+					close_fd(&s->sync);
+				break;
+			case W_OUT:
+				if (s->out == p[k].fd && !forward(s, s->out, NK_F_STDOUT))
+					close_fd(&s->out);
+				break;
+			case W_ERR:
+				if (s->err == p[k].fd && !forward(s, s->err, NK_F_STDERR))
+					close_fd(&s->err);
+				break;
+			case W_IN:
+				if (s->in == p[k].fd)
+					write_stdin(s);
+				break;
+			case W_FIFO:
+				if (s->fifo == p[k].fd)
+					read_fifo(s);
+				break;
+			case W_LISTEN:
+				if (s->listen == p[k].fd)
+					accept_console(s);
+				break;
+			case W_CONN:
+				if (s->conn == p[k].fd)
+					receive_master(s);
+				break;
+			case W_MASTER:
+				if (s->master != p[k].fd)
+					break;
+				if ((p[k].revents & POLLOUT) && s->pending_len)
+					write_stdin(s);
+				/* EIO: every slave fd is closed; the exit comes from the monitor. */
+				if ((p[k].revents & (POLLIN | POLLHUP | POLLERR)) && !forward(s, s->master, NK_F_STDOUT))
+					close_fd(&s->master);
+				break;
+			}
+		}
 		if (p[1].revents) {
 			struct signalfd_siginfo si;
 			while (read(sigfd, &si, sizeof si) == sizeof si)

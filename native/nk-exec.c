@@ -342,6 +342,11 @@ static const struct op_info op_table[] = {
 	[OP_OPEN_TREE] = {"OPEN_TREE", ANY, "s", op_open_tree},
 	[OP_MOVE_MOUNT] = {"MOVE_MOUNT", ANY, "s", op_move_mount},
 	[OP_WRITE_PROC_ATTR] = {"WRITE_PROC_ATTR", INIT, "ss", op_write_proc_attr},
+	[OP_NET_LINK_NETNS] = {"NET_LINK_NETNS", PARENT, "si", op_net_link_netns},
+	[OP_NET_LINK_SET] = {"NET_LINK_SET", INIT, "ssi", op_net_link_set},
+	[OP_NET_LINK_UP] = {"NET_LINK_UP", INIT, "s", op_net_link_up},
+	[OP_NET_ADDR_ADD] = {"NET_ADDR_ADD", INIT, "sisisii", op_net_addr_add},
+	[OP_NET_ROUTE_ADD] = {"NET_ROUTE_ADD", INIT, "sisissiii", op_net_route_add},
 };
 #define OP_TABLE_SIZE (sizeof op_table / sizeof op_table[0])
 

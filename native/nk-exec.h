@@ -122,6 +122,13 @@ int op_run_id_map_helper(const struct op *op);
 /* ops-lsm.c: AppArmor/SELinux attributes through /proc/self/attr */
 int op_write_proc_attr(const struct op *op);
 
+/* ops-net.c: the VM guest's NIC (rtnetlink) */
+int op_net_link_netns(const struct op *op);
+int op_net_link_set(const struct op *op);
+int op_net_link_up(const struct op *op);
+int op_net_addr_add(const struct op *op);
+int op_net_route_add(const struct op *op);
+
 /* ops-tty.c: console socket, pty setup, the monitor role */
 int op_connect_console(const struct op *op);
 int op_connect_listener(const struct op *op);

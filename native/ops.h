@@ -75,6 +75,13 @@
 #define NK_CHILD_PID_PLACEHOLDER "{pid}"
 
 #define OP_CONNECT_LISTENER 61
+
+/* VM guest network (ops-net.c) */
+#define OP_NET_LINK_NETNS 62
+#define OP_NET_LINK_SET 63
+#define OP_NET_LINK_UP 64
+#define OP_NET_ADDR_ADD 65
+#define OP_NET_ROUTE_ADD 66
 #define OP_OPEN_TREE 80
 #define OP_MOVE_MOUNT 81
 

@@ -233,6 +233,8 @@ function writePidFile(path: string, pid: number): void {
 
 export function containerStatus(ctx: RuntimeContext, record: ContainerRecord): ContainerStatus {
   return ctx.store.status(record, () => {
+    // VM mode: `pause` stops the whole VM; the host process marks it (src/vm/launch.ts pausedMarker).
+    if (record.mode === "vm") return existsSync(`${ctx.store.dir(record.id)}/vm-paused`);
     const cgroup = reopenRecordCgroup(record);
     try {
       return cgroup?.state() === "frozen";

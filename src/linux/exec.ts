@@ -24,7 +24,8 @@ export interface ExecOptions {
 export async function execInContainer(ctx: RuntimeContext, id: string, opts: ExecOptions): Promise<ExecutorRun> {
   const record = ctx.store.read(validateContainerId(id));
   // record.pid of a VM-mode container is its host process, in the host's namespaces: never join those.
-  if (record.mode === "vm") throw new ContainerError("vm-exec-unsupported", `cannot exec in container ${id}: exec into a VM-mode container is not implemented yet`);
+  // (`nk-runtime exec` takes src/vm/exec.ts for those; this in-process path, the shim's, does not yet.)
+  if (record.mode === "vm") throw new ContainerError("vm-exec-unsupported", `cannot exec in container ${id}: exec into a VM-mode container through this path is not implemented yet (nk-runtime exec does it)`);
   const status = containerStatus(ctx, record);
   if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `cannot exec in a stopped container: ${id}`);
   if (status === "paused" && !opts.ignorePaused) throw new ContainerError("container-paused", `cannot exec in a paused container: ${id} (resume it first)`);

@@ -1,13 +1,15 @@
 /**
  * runc's operational verbs on a live container: pause/resume (freezer), ps,
  * update (resources), events (stats and OOM notices). All of them go through
- * the container's cgroup.
+ * the container's cgroup; for a VM-mode container, whose cgroup is in the
+ * guest, src/vm/control.ts does them through its host process.
  */
 import type { LinuxResources } from "../spec/types.ts";
 import { DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
 import { validateContainerId, type ContainerRecord } from "../state/store.ts";
 import { ContainerError } from "../util/errors.ts";
 import { containerStatus, reopenRecordCgroup, type RuntimeContext } from "./container.ts";
+import { vmProcesses } from "../vm/control.ts";
 
 function liveCgroup(ctx: RuntimeContext, id: string): { record: ContainerRecord; cgroup: CgroupManager } {
   const record = ctx.store.read(validateContainerId(id));
@@ -16,7 +18,9 @@ function liveCgroup(ctx: RuntimeContext, id: string): { record: ContainerRecord;
   return { record, cgroup };
 }
 
-export function pauseContainer(ctx: RuntimeContext, id: string): void {
+/** VM mode: the whole VM stops (src/vm/control.ts); the promise is VM mode's only. */
+export function pauseContainer(ctx: RuntimeContext, id: string): void | Promise<void> {
+  if (ctx.store.read(validateContainerId(id)).mode === "vm") return import("../vm/control.ts").then((vm) => vm.pauseOrResumeVm(ctx, id, "pause"));
   const lock = ctx.store.lock(validateContainerId(id));
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
@@ -28,7 +32,8 @@ export function pauseContainer(ctx: RuntimeContext, id: string): void {
   }
 }
 
-export function resumeContainer(ctx: RuntimeContext, id: string): void {
+export function resumeContainer(ctx: RuntimeContext, id: string): void | Promise<void> {
+  if (ctx.store.read(validateContainerId(id)).mode === "vm") return import("../vm/control.ts").then((vm) => vm.pauseOrResumeVm(ctx, id, "resume"));
   const lock = ctx.store.lock(validateContainerId(id));
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
@@ -39,14 +44,19 @@ export function resumeContainer(ctx: RuntimeContext, id: string): void {
   }
 }
 
+/** VM mode: the host processes that make up the container (src/vm/control.ts), not the guest's. */
 export function containerProcesses(ctx: RuntimeContext, id: string): number[] {
+  const found = ctx.store.read(validateContainerId(id));
+  if (found.mode === "vm") return vmProcesses(ctx, found);
   const { record, cgroup } = liveCgroup(ctx, id);
   if (containerStatus(ctx, record) === "stopped") return [];
   return cgroup.processes().sort((a, b) => a - b);
 }
 
 /** `update`: apply new resource values to a running container and remember them. */
-export function updateContainer(ctx: RuntimeContext, id: string, resources: LinuxResources): void {
+export function updateContainer(ctx: RuntimeContext, id: string, resources: LinuxResources): void | Promise<void> {
+  // VM mode: the guest's cgroup v2, through a channel session (src/vm/control.ts).
+  if (ctx.store.read(validateContainerId(id)).mode === "vm") return import("../vm/control.ts").then((vm) => vm.updateVm(ctx, id, resources, mergeResources));
   const lock = ctx.store.lock(validateContainerId(id));
   try {
     const { record, cgroup } = liveCgroup(ctx, id);
@@ -73,7 +83,9 @@ function mergeResources(base: LinuxResources, change: LinuxResources): LinuxReso
   return out as LinuxResources;
 }
 
-export function containerStats(ctx: RuntimeContext, id: string): { type: "stats"; id: string; data: unknown } {
+export function containerStats(ctx: RuntimeContext, id: string): { type: "stats"; id: string; data: unknown } | Promise<{ type: "stats"; id: string; data: unknown }> {
+  // VM mode: the guest cgroup's files, read through the host process (src/vm/control.ts).
+  if (ctx.store.read(validateContainerId(id)).mode === "vm") return import("../vm/control.ts").then((vm) => vm.vmStats(ctx, id));
   const { cgroup } = liveCgroup(ctx, id);
   return { type: "stats", id, data: cgroup.stats() };
 }
@@ -86,6 +98,7 @@ export async function streamEvents(
   emit: (event: object) => void,
   shouldStop: () => boolean = () => false,
 ): Promise<void> {
+  if (ctx.store.read(validateContainerId(id)).mode === "vm") return (await import("../vm/control.ts")).streamVmEvents(ctx, id, intervalMs, emit, shouldStop);
   const { record, cgroup } = liveCgroup(ctx, id);
   let ooms = cgroup.oomKillCount();
   while (!shouldStop()) {

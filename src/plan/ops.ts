@@ -215,6 +215,31 @@ export const OpCode = {
   OPEN_TREE: 80,
   /** MOVE_MOUNT(target): attach the tree OPEN_TREE holds at target, in the current mount namespace (move_mount(2)). */
   MOVE_MOUNT: 81,
+
+  // ---- VM guest network (native/ops-net.c, planned by src/vm/network.ts) ----
+  /**
+   * NET_LINK_NETNS(mac, waitMs): Parent. Find the Ethernet link whose address
+   * is mac (waiting up to waitMs for its driver to probe) and move it into
+   * the child's network namespace (RTM_NEWLINK, IFLA_NET_NS_PID). A moved
+   * link arrives down, without addresses: the Init ops below configure it.
+   */
+  NET_LINK_NETNS: 62,
+  /** NET_LINK_SET(mac, name, mtu): rename the link with this MAC and set its MTU (0 = keep); RTM_NEWLINK. */
+  NET_LINK_SET: 63,
+  /** NET_LINK_UP(name): set IFF_UP (RTM_NEWLINK). */
+  NET_LINK_UP: 64,
+  /**
+   * NET_ADDR_ADD(name, family 4|6, address, prefixLen, broadcast, flags, scope):
+   * RTM_NEWADDR (create, exclusive) with IFA_LOCAL = IFA_ADDRESS = address,
+   * IFA_BROADCAST unless "", IFA_FLAGS = flags (IFA_F_NODAD for IPv6).
+   */
+  NET_ADDR_ADD: 65,
+  /**
+   * NET_ROUTE_ADD(name, family 4|6, dst, dstLen, gateway, source, metric, scope, onlink 0|1):
+   * RTM_NEWROUTE (create, exclusive) in the main table, protocol boot, type
+   * unicast, out of name; dst "" = default, gateway/source "" = none, metric 0 = none.
+   */
+  NET_ROUTE_ADD: 66,
 } as const;
 export type OpCode = (typeof OpCode)[keyof typeof OpCode];
 

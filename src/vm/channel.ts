@@ -1,23 +1,40 @@
 /**
  * The host <-> guest channel of VM mode (native/agent.h mirrors the numbers;
- * test/unit/vm-channel.test.ts keeps them in step). One byte stream -- a
+ * test/unit/vm.test.ts keeps them in step). One byte stream -- a
  * virtio-serial port behind a unix socket for QEMU, a vsock stream for
  * Firecracker -- carries frames:
  *
- *   u32 payload length (LE) | u8 type | 3 zero bytes | payload
+ *   u32 payload length (LE) | u8 type | u16 session (LE) | u8 reserved (0) | payload
  *
- * The conversation for one container:
- *   guest HELLO "<version> <uptime ms>"      the agent is up
+ * A session is one executor run in the guest with its own stdio, sync
+ * socket, terminal and exit status. Session 0 is the container's init; the
+ * host picks other ids for `exec` processes (and, later, further containers
+ * of a pod in the same VM). The agent keeps no other notion of them.
+ *
+ * The conversation of one session:
+ *   guest HELLO "<version> <uptime ms>"      the agent is up (session 0, once)
+ *   host  CONSOLE "/run/nk/tty-<n>.sock"      optional: the agent listens there for the
+ *                                             pty master the plan's SETUP_TERMINAL sends
  *   host  PLAN <ExecPlan bytes>              computed on the host for the guest
  *   guest SYNCOUT "ok 0 ...\n" "pid 42\n"     the executor's sync lines, verbatim
  *   host  SYNC "go\n"                         answers at WAIT_GO / SYNC points
- *   guest SYNCOUT "ready\n"                   init waits on the exec fifo
+ *   guest SYNCOUT "ready\n"                   init waits on the exec fifo (create)
  *   host  START "/run/nk/exec.fifo"           `start`: the agent reads the fifo
  *   both  STDIN / STDOUT / STDERR, SIGNAL (pid, signo), STDIN_ACK
- *   guest EXIT <u32 status>                   code, or 128+signal
+ *   host  RESIZE (rows, cols)                 TIOCSWINSZ on the session's pty master
+ *   guest EXIT <u32 status>                   code, or 128+signal; the session is over
  *
- * stdin is flow-controlled: the host keeps at most STDIN_WINDOW bytes that
- * the guest has not acknowledged with STDIN_ACK.
+ * Outside any executor run: host READ "<path>" -> guest FILE <u32 errno><contents>
+ * (the guest's cgroup files for `events`/stats), answered on the same session id.
+ *
+ * With a terminal, the pty's output comes as STDOUT and STDIN goes to the
+ * pty. stdin is flow-controlled: a host keeps at most STDIN_WINDOW bytes per
+ * session that the guest has not acknowledged with STDIN_ACK.
+ *
+ * The host process's control socket (<vm run dir>/control.sock) speaks the
+ * same framing: an `exec` client sends session-0 frames that the host process
+ * forwards under a session id of its own (and the guest's back as 0), and
+ * Control frames that the host process answers itself with a REPLY.
  */
 
 export const Frame = {
@@ -26,6 +43,9 @@ export const Frame = {
   STDIN: 3,
   SIGNAL: 4,
   START: 5,
+  CONSOLE: 6,
+  RESIZE: 7,
+  READ: 8,
   HELLO: 16,
   SYNCOUT: 17,
   STDOUT: 18,
@@ -33,19 +53,36 @@ export const Frame = {
   EXIT: 20,
   LOG: 21,
   STDIN_ACK: 22,
+  FILE: 23,
 } as const;
 export type FrameType = (typeof Frame)[keyof typeof Frame];
+
+/** Frames between a client and the host process only; never on the guest channel. */
+export const Control = {
+  /** Freeze the whole VM (QMP stop); REPLY. */
+  PAUSE: 64,
+  /** QMP cont; REPLY. */
+  RESUME: 65,
+  /** JSON {"ok":true} or {"error":"...","code":"..."}. */
+  REPLY: 66,
+} as const;
+export type ControlType = (typeof Control)[keyof typeof Control];
 
 export const FRAME_HEADER = 8;
 export const FRAME_MAX = 16 << 20;
 export const STDIN_WINDOW = 256 << 10;
+/** Session ids are u16. */
+export const SESSION_MAX = 0xffff;
 
-export function encodeFrame(type: FrameType, payload: Uint8Array | string = new Uint8Array(0)): Uint8Array {
+export function encodeFrame(type: FrameType | ControlType, payload: Uint8Array | string = new Uint8Array(0), session = 0): Uint8Array {
   const body = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
   if (body.length > FRAME_MAX) throw new Error(`channel frame of ${body.length} bytes exceeds ${FRAME_MAX}`);
+  if (!Number.isInteger(session) || session < 0 || session > SESSION_MAX) throw new Error(`channel session ${session} is not a u16`);
   const out = new Uint8Array(FRAME_HEADER + body.length);
-  new DataView(out.buffer).setUint32(0, body.length, true);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, body.length, true);
   out[4] = type;
+  view.setUint16(5, session, true);
   out.set(body, FRAME_HEADER);
   return out;
 }
@@ -64,7 +101,7 @@ export function readU32(payload: Uint8Array, index = 0): number {
 /** Splits a byte stream into frames; push() chunks as they arrive. */
 export class FrameReader {
   private buf: Uint8Array = new Uint8Array(0);
-  constructor(private readonly onFrame: (type: number, payload: Uint8Array) => void) {}
+  constructor(private readonly onFrame: (type: number, payload: Uint8Array, session: number) => void) {}
 
   push(chunk: Uint8Array): void {
     if (this.buf.length === 0) this.buf = chunk;
@@ -76,12 +113,15 @@ export class FrameReader {
     }
     let at = 0;
     while (this.buf.length - at >= FRAME_HEADER) {
-      const len = new DataView(this.buf.buffer, this.buf.byteOffset + at, 4).getUint32(0, true);
+      const view = new DataView(this.buf.buffer, this.buf.byteOffset + at, FRAME_HEADER);
+      const len = view.getUint32(0, true);
       if (len > FRAME_MAX) throw new Error(`channel: frame of ${len} bytes exceeds ${FRAME_MAX} (stream out of step)`);
+      if (this.buf[at + 7] !== 0) throw new Error(`channel: reserved header byte is ${this.buf[at + 7]} (stream out of step)`);
       if (this.buf.length - at < FRAME_HEADER + len) break;
       const type = this.buf[at + 4]!;
+      const session = view.getUint16(5, true);
       // A copy: the caller may keep the payload while the buffer moves on.
-      this.onFrame(type, this.buf.slice(at + FRAME_HEADER, at + FRAME_HEADER + len));
+      this.onFrame(type, this.buf.slice(at + FRAME_HEADER, at + FRAME_HEADER + len), session);
       at += FRAME_HEADER + len;
     }
     this.buf = at === this.buf.length ? new Uint8Array(0) : this.buf.slice(at);

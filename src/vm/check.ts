@@ -11,7 +11,7 @@ import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, s
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Frame, FrameReader } from "./channel.ts";
-import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, virtiofsdPath, vmCacheDir } from "./config.ts";
+import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, guestKernelKind, hostTscKhz, qemuPath, virtiofsdPath, vmCacheDir, type KernelKind } from "./config.ts";
 import type { Accelerator } from "./driver.ts";
 import { currentInputs, findImage, imageStatus, type GuestImage } from "./image/build.ts";
 
@@ -72,7 +72,8 @@ export async function probeKvm(image: GuestImage, timeoutMs = 10_000): Promise<K
       runDir,
       kernel: image.vmlinux,
       initramfs: image.initramfs,
-      cmdline: guestCmdline({ tscKhz: hostTscKhz(), share: false }),
+      cmdline: guestCmdline({ kernel: image.kernel, tscKhz: hostTscKhz(), share: false }),
+      acpi: image.acpi,
       memoryMiB: 256,
       vcpus: 1,
       accel: "kvm",
@@ -127,7 +128,8 @@ export interface CheckReport {
   qemu: { path?: string; version?: string };
   virtiofsd: { path?: string };
   firecracker: { path?: string; note: string };
-  image: { dir: string; state: string; reason: string; kernel?: string; release?: string };
+  /** kernel: which guest kernel the image has ("minimal" or "debian"), and so whether its VMs get ACPI. */
+  image: { dir: string; state: string; reason: string; kernel?: KernelKind; release?: string; acpi?: boolean };
   accelerator?: AccelChoice;
   problems: string[];
 }
@@ -141,13 +143,15 @@ export async function vmCheck(opts: { probe: boolean }): Promise<CheckReport> {
   const virtiofsd = virtiofsdPath();
   if (!virtiofsd) problems.push("no virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd)");
   let image: CheckReport["image"];
+  const existing = findImage(dir);
   try {
-    const status = imageStatus(dir, currentInputs());
-    image = { dir, state: status.state, reason: status.reason, kernel: status.image?.stamp.inputs.kernel.name, release: status.image?.stamp.release };
+    // Stale against the kind asked for (NK_VM_KERNEL), else against the kind it was built as.
+    const kind = process.env.NK_VM_KERNEL ? guestKernelKind() : (existing?.kernel ?? guestKernelKind());
+    const status = imageStatus(dir, currentInputs(kind));
+    image = { dir, state: status.state, reason: status.reason, kernel: status.image?.kernel, release: status.image?.stamp.release, acpi: status.image?.acpi };
   } catch (e) {
     // No apt metadata (or no agent binary): whether it is stale cannot be told.
-    const built = findImage(dir);
-    image = { dir, state: built ? "unverified" : "missing", reason: (e as Error).message, release: built?.stamp.release };
+    image = { dir, state: existing ? "unverified" : "missing", reason: (e as Error).message, kernel: existing?.kernel, release: existing?.stamp.release, acpi: existing?.acpi };
   }
   if (image.state === "missing") problems.push(`no guest image in ${dir} (run \`nk-runtime vm build-image\`)`);
   else if (image.state === "stale") problems.push(`the guest image is stale: ${image.reason} (run \`nk-runtime vm build-image\`)`);
@@ -184,7 +188,7 @@ export function formatCheck(r: CheckReport): string {
     `qemu:         ${r.qemu.path ? `${r.qemu.path} (${r.qemu.version ?? "version unknown"})` : "not found"}`,
     `virtiofsd:    ${r.virtiofsd.path ?? "not found"}`,
     `firecracker:  ${r.firecracker.path ? `${r.firecracker.path} -- ` : ""}${r.firecracker.note}`,
-    `guest image:  ${r.image.state}${r.image.release ? ` (${r.image.release})` : ""} in ${r.image.dir} -- ${r.image.reason}`,
+    `guest image:  ${r.image.state}${r.image.release ? ` (${r.image.kernel} kernel ${r.image.release}, ACPI ${r.image.acpi ? "on" : "off"})` : ""} in ${r.image.dir} -- ${r.image.reason}`,
     `accelerator:  ${r.accelerator ? `${r.accelerator.accel} -- ${r.accelerator.reason}` : "- (needs qemu and a guest image)"}`,
     r.ok ? "VM mode: can run here" : `VM mode: cannot run here: ${r.problems.join("; ")}`,
   );

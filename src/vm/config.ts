@@ -5,6 +5,7 @@
  */
 import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { projectHome } from "../util/home.ts";
+import { VmError } from "./driver.ts";
 
 /** Guest artefacts: the kernel, the initramfs, their stamp (never committed). */
 export function vmCacheDir(): string {
@@ -15,15 +16,47 @@ export function agentBinaryPath(): string {
   return process.env.NK_AGENT ?? `${projectHome()}/native/build/nk-agent`;
 }
 
-/** Debian's package whose dependency names the current cloud kernel. */
+/**
+ * The guest kernel: "minimal" (built from Debian's linux-source with our
+ * config fragment; the fast one, the default) or "debian" (the stock cloud
+ * kernel package and its modules; nothing to compile).
+ */
+export type KernelKind = "minimal" | "debian";
+export const KERNEL_KINDS: readonly KernelKind[] = ["minimal", "debian"];
+
+export function parseKernelKind(value: string, from: string): KernelKind {
+  if ((KERNEL_KINDS as readonly string[]).includes(value)) return value as KernelKind;
+  throw new VmError("invalid-kernel-kind", `${from}: ${JSON.stringify(value)} is not a guest kernel kind (${KERNEL_KINDS.join(", ")})`);
+}
+
+/** The kind `vm build-image` builds when not told (--kernel): NK_VM_KERNEL, else minimal. */
+export function guestKernelKind(): KernelKind {
+  return process.env.NK_VM_KERNEL ? parseKernelKind(process.env.NK_VM_KERNEL, "NK_VM_KERNEL") : "minimal";
+}
+
+/** Debian's package whose dependency names the current cloud kernel (kind "debian"). */
 export function kernelPackageName(): string {
   return process.env.NK_VM_KERNEL_PACKAGE ?? "linux-image-cloud-amd64";
 }
 
+/** Debian's kernel source package (kind "minimal"): /usr/src/<name>.tar.xz inside. */
+export function kernelSourcePackageName(): string {
+  return process.env.NK_VM_KERNEL_SOURCE ?? "linux-source-6.1";
+}
+
+/** The minimal kernel's Kconfig fragment: ours, committed; NK_VM_KERNEL_CONFIG points at another. */
+export function kernelConfigFragmentPath(): string {
+  return process.env.NK_VM_KERNEL_CONFIG ?? `${projectHome()}/src/vm/image/guest-kernel.config`;
+}
+
 export const BUSYBOX = "/bin/busybox";
 
-/** What the guest needs beyond the kernel: virtio over MMIO, the channel port, virtiofs, overlay. */
-export const GUEST_MODULES = ["virtio_mmio", "virtio_console", "virtiofs", "overlay"];
+/**
+ * What the guest needs beyond the kernel: virtio over MMIO, the channel port,
+ * virtiofs, overlay, and virtio_net for the NIC of a container with a network
+ * (Debian's virtio_net needs net_failover and failover, pulled in from its .modinfo).
+ */
+export const GUEST_MODULES = ["virtio_mmio", "virtio_console", "virtiofs", "overlay", "virtio_net"];
 
 /** Names shared by the host side and the agent (which learns them from the kernel command line). */
 export const CHANNEL_PORT_NAME = "nk.0";
@@ -78,34 +111,23 @@ export function hostTscKhz(): number | undefined {
 }
 
 /**
- * The guest kernel's command line. Trimmed for boot time: quiet, one 8250
- * UART (the console, for diagnostics), no i8042 probing, no PCI (microvm has
- * none), no mitigations (the VM boundary is the isolation), triple-fault
- * reboot, panic reboots at once (with -no-reboot: the VMM exits).
- * init_on_alloc=0 (Debian turns it on) saves ~130 ms of page zeroing under
- * TCG; the guest holds one container, so what uninitialised kernel memory
- * could leak is that container's own.
+ * The guest kernel's command line. Trimmed for boot time: quiet (every
+ * console byte is an emulated UART write), one 8250 UART (the console, for
+ * diagnostics), no mitigations (the VM boundary is the isolation),
+ * triple-fault reboot, panic reboots at once (with -no-reboot: the VMM
+ * exits). For Debian's stock kernel also: no i8042 probing, no PCI (microvm
+ * has none), no crypto self-tests, and init_on_alloc=0 (Debian turns it on:
+ * ~130 ms of page zeroing under TCG; the guest holds one container, so what
+ * uninitialised kernel memory could leak is that container's own). The
+ * minimal kernel has none of those drivers or defaults, and an unknown
+ * parameter would be handed to the agent's environment.
  */
-export function guestCmdline(opts: { tscKhz?: number; share: boolean; extra?: string }): string {
-  const parts = [
-    "console=ttyS0",
-    "quiet",
-    "loglevel=3",
-    "panic=-1",
-    "reboot=t",
-    "i8042.noaux",
-    "i8042.nomux",
-    "i8042.nokbd",
-    "i8042.nopnp",
-    "8250.nr_uarts=1",
-    "mitigations=off",
-    "pci=off",
-    "random.trust_cpu=on",
-    "cryptomgr.notests",
-    "init_on_alloc=0",
-    `nk.port=${CHANNEL_PORT_NAME}`,
-    `nk.cgroup=${GUEST_CGROUP.slice(GUEST_CGROUP.lastIndexOf("/") + 1)}`,
-  ];
+export function guestCmdline(opts: { kernel?: KernelKind; tscKhz?: number; share: boolean; extra?: string }): string {
+  const parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "mitigations=off", "random.trust_cpu=on"];
+  if (opts.kernel !== "minimal") {
+    parts.push("i8042.noaux", "i8042.nomux", "i8042.nokbd", "i8042.nopnp", "8250.nr_uarts=1", "pci=off", "cryptomgr.notests", "init_on_alloc=0");
+  }
+  parts.push(`nk.port=${CHANNEL_PORT_NAME}`, `nk.cgroup=${GUEST_CGROUP.slice(GUEST_CGROUP.lastIndexOf("/") + 1)}`);
   if (opts.tscKhz) parts.push(`tsc_early_khz=${opts.tscKhz}`);
   if (opts.share) parts.push(`nk.share=${SHARE_TAG}`);
   if (opts.extra) parts.push(opts.extra);

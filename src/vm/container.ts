@@ -24,8 +24,9 @@ import { chooseAccelerator } from "./check.ts";
 import { agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
 import { VmError } from "./driver.ts";
 import { findImage, sha256File } from "./image/build.ts";
-import { readLaunch, readPids, writeLaunch, type ProcRef, type VmLaunch } from "./launch.ts";
-import { buildGuestPlan, checkVmSupport } from "./plan.ts";
+import { readLaunch, readPids, writeLaunch, writePids, type ProcRef, type VmLaunch } from "./launch.ts";
+import { inspectNetns, unwireMirror } from "./network.ts";
+import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "./plan.ts";
 
 /** The annotation that asks for VM mode per container (podman --annotation, Kubernetes pod annotations). */
 export const MODE_ANNOTATION = "io.nanokata.mode";
@@ -131,11 +132,16 @@ export async function createVmContainer(
     const accel = await chooseAccelerator(image, { probe: true });
     ctx.log.debug(`vm ${id}: accelerator ${accel.accel} (${accel.reason})`);
     ctx.tracer.runtime(`accelerator ${accel.accel}: ${accel.reason}`, "vm");
+    // The client's network namespace (podman/CNI, a test): its interfaces are mirrored into the VM.
+    const netnsIndex = (spec.linux?.namespaces ?? []).findIndex((ns) => ns.type === "network" && ns.path);
+    const inspected = netnsIndex >= 0 ? inspectNetns(spec.linux!.namespaces![netnsIndex]!.path!, netnsIndex, id) : undefined;
+    if (inspected) ctx.log.debug(`vm ${id}: network ${inspected.network.netnsPath}: ${inspected.network.interfaces.map((i) => `${i.name} ${i.mac} via ${i.tap}`).join(", ") || "no interface to mirror"}`);
     const guest = buildGuestPlan({
       spec,
       bundle,
       rootfs,
       containerId: id,
+      network: inspected?.network,
       noPivot: opts.noPivot,
       noNewKeyring: opts.noNewKeyring,
       seccomp: await compileContainerSeccomp(spec, ctx, { id, bundle, listenerAllowed: false }),
@@ -147,7 +153,7 @@ export async function createVmContainer(
         }
       },
     });
-    for (const note of guest.notes) {
+    for (const note of [...(inspected?.notes ?? []), ...guest.notes]) {
       ctx.log.warn(note);
       ctx.tracer.note(note);
     }
@@ -164,14 +170,17 @@ export async function createVmContainer(
         runDir,
         kernel: image.vmlinux,
         initramfs: image.initramfs,
-        cmdline: guestCmdline({ tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+        cmdline: guestCmdline({ kernel: image.kernel, tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+        acpi: image.acpi,
         memoryMiB: size.memoryMiB,
         vcpus: size.vcpus,
         accel: accel.accel,
         channelName: CHANNEL_PORT_NAME,
         share: { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
         startTimeoutMs: 10_000,
+        nics: inspected?.network.interfaces.map((i) => ({ mac: i.mac })),
       },
+      network: inspected?.network,
       virtiofsd: { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
       ops: guest.ops,
       hostFifo,
@@ -179,6 +188,11 @@ export async function createVmContainer(
       bootTimeoutMs: envMs("NK_VM_BOOT_TIMEOUT_MS", 60_000),
       readyTimeoutMs: envMs("NK_VM_READY_TIMEOUT_MS", 60_000),
       trace: ctx.tracer.enabled,
+      controlSocket: join(runDir, "control.sock"),
+      consoleSocket: spec.process?.terminal ? opts.consoleSocket : undefined,
+      guestConsole: spec.process?.terminal ? GUEST_INIT_CONSOLE : undefined,
+      hooks: { prestart: spec.hooks?.prestart, createRuntime: spec.hooks?.createRuntime },
+      hookState: { ociVersion: record.ociVersion, id, bundle, annotations: record.annotations },
     };
     writeLaunch(stateDir, launch);
 
@@ -245,9 +259,17 @@ export async function destroyVm(stateDir: string): Promise<void> {
   await stop(pids?.host);
   await stop(pids?.vmm);
   await stop(pids?.virtiofsd);
-  let runDir: string | undefined;
+  let launch: VmLaunch | undefined;
   try {
-    runDir = readLaunch(stateDir).vm.runDir;
+    launch = readLaunch(stateDir);
   } catch {}
+  // A host process that died before it could remove its tc mirroring (the taps went with QEMU).
+  if (pids?.networkWired && launch?.network) {
+    unwireMirror(launch.network);
+    try {
+      writePids(stateDir, { ...pids, networkWired: false });
+    } catch {}
+  }
+  const runDir = launch?.vm.runDir;
   if (runDir && !runDir.startsWith(`${stateDir}/`)) rmSync(runDir, { recursive: true, force: true });
 }

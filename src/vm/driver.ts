@@ -14,8 +14,14 @@ export interface VmConfig {
   runDir: string;
   kernel: string;
   initramfs: string;
-  /** Kernel command line, complete (the driver adds nothing). */
+  /** Kernel command line, complete (the driver adds nothing; QEMU microvm appends virtio_mmio.device= itself when ACPI is off). */
   cmdline: string;
+  /**
+   * Whether the guest gets ACPI tables (default true): Debian's stock kernel
+   * finds its virtio-mmio devices only there; the minimal kernel has no ACPI
+   * and boots faster without (the image says which: GuestImage.acpi).
+   */
+  acpi?: boolean;
   memoryMiB: number;
   vcpus: number;
   accel: Accelerator;
@@ -25,6 +31,16 @@ export interface VmConfig {
   share?: { tag: string; socket: string };
   /** Give up if the VMM has not connected its channel by then. */
   startTimeoutMs: number;
+  /**
+   * Network cards: a virtio-net device with this MAC on a tap whose open fd
+   * the host process fills in just before launch (network.ts, tap.ts).
+   */
+  nics?: VmNic[];
+}
+
+export interface VmNic {
+  mac: string;
+  tapFd?: number;
 }
 
 export interface RunningVm {
@@ -38,6 +54,8 @@ export interface RunningVm {
   shutdown(graceMs?: number): Promise<void>;
   /** The VMM's stderr so far (for error messages). */
   stderr(): string;
+  /** Stop or continue every vCPU (QMP stop/cont): `pause` and `resume`. */
+  control?(command: "stop" | "cont"): Promise<void>;
 }
 
 export interface HypervisorDriver {

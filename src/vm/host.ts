@@ -2,26 +2,36 @@
  * The host process of a VM-mode container (`nk-runtime vm host <state dir>`,
  * started by `create`): to its clients it *is* the container. Its pid goes
  * into state.json and --pid-file; it holds the stdio `create` was given and
- * relays it; signals sent to it go to the container's init in the guest; it
- * exits with the container's exit status.
+ * relays it (or, with process.terminal, a host pty whose master went to the
+ * --console-socket); signals sent to it go to the container's init in the
+ * guest; it exits with the container's exit status.
  *
  * It boots the VM (virtiofsd, then the hypervisor), waits for the agent's
  * HELLO, sends the plan `create` computed and answers the executor's sync
- * lines (as src/linux/executor.ts does for container mode). On "ready" it
+ * lines (as src/linux/executor.ts does for container mode), running the
+ * prestart and createRuntime hooks at the "hooks" point. On "ready" it
  * tells `create` (a JSON line on fd 3) and then blocks on the host's exec
  * fifo exactly as a container's init does, so `start` needs no VM knowledge.
+ *
+ * It owns the channel, so everything else that reaches into the VM goes
+ * through its control socket (host-control.ts): `exec` stand-ins get a
+ * channel session each (session 0 is the container's init), `pause` and
+ * `resume` stop and continue the VM over QMP.
  * When the container exits: QMP quit, virtiofsd stopped, exit with the status.
  */
-import { closeSync, read, writeSync } from "node:fs";
+import { closeSync, writeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { encodePlan, OpCode, Section } from "../plan/ops.ts";
 import { Tracer } from "../linux/trace.ts";
 import type { Logger } from "../util/log.ts";
 import { signalNumber } from "../util/signals.ts";
 import { readProcStat } from "../state/proc.ts";
-import { encodeFrame, Frame, FrameReader, readU32, STDIN_WINDOW, u32Payload } from "./channel.ts";
+import { encodeFrame, Frame, FrameReader, u32Payload, type FrameType } from "./channel.ts";
+import { ControlServer } from "./host-control.ts";
 import { VmError, type HypervisorDriver, type RunningVm } from "./driver.ts";
 import { readLaunch, writePids, type VmLaunch, type VmPids } from "./launch.ts";
+import { connectNetwork, unwireMirror } from "./network.ts";
+import { StdioRelay, type SessionStdio } from "./stdio.ts";
 import { startVirtiofsd, tail } from "./virtiofsd.ts";
 
 /** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
@@ -35,19 +45,6 @@ const REPORT_FD = 3;
 export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDriver> {
   if (name === "firecracker") return new (await import("./firecracker.ts")).FirecrackerDriver();
   return new (await import("./qemu.ts")).QemuDriver();
-}
-
-function writeBytes(fd: number, bytes: Uint8Array): void {
-  let at = 0;
-  while (at < bytes.length) {
-    try {
-      at += writeSync(fd, bytes, at);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EAGAIN") continue;
-      return; // EPIPE, EBADF: nobody reads that stream any more
-    }
-  }
 }
 
 const procRef = (pid: number) => ({ pid, startTime: readProcStat(pid)?.startTime ?? "" });
@@ -69,6 +66,9 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   };
 
   let vm: RunningVm | undefined;
+  let stdio: StdioRelay | undefined;
+  let controlServer: ControlServer | undefined;
+  let restoreTerminal: (() => void) | undefined;
   let virtiofsdPid = 0;
   let finishing = false;
   /** Stop everything we started and exit: the one way out. */
@@ -80,11 +80,21 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
         if (reportOpen) report({ error: error.message, code: error.code });
         else log.error(`container ${launch.id}: ${error.message}`);
       }
+      stdio?.stop();
+      restoreTerminal?.();
+      controlServer?.close();
       await vm?.shutdown(2000).catch(() => {});
       if (virtiofsdPid) {
         try {
           process.kill(virtiofsdPid, "SIGKILL");
         } catch {}
+      }
+      if (pids.networkWired && launch.network) {
+        unwireMirror(launch.network);
+        pids.networkWired = false;
+        try {
+          writePids(stateDir, pids);
+        } catch {} // the state directory may be gone already; exiting matters more
       }
       log.debug(`vm ${launch.id}: VM stopped; exit ${status}`);
       process.exit(status);
@@ -102,6 +112,27 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   }
   process.on("SIGPIPE", () => {});
 
+  // process.terminal: the console client gets a host pty's master now, as
+  // runc's create hands it over before it returns; the guest's pty follows.
+  // A foreground `run -t` without one: the terminal `run` was given, raw while the container runs.
+  let io: SessionStdio = { input: 0, output: 1, errors: 2 };
+  let windowSize: ((fd: number) => { rows: number; cols: number }) | undefined;
+  if (launch.guestConsole) {
+    try {
+      const pty = await import("./pty.ts");
+      windowSize = pty.windowSize;
+      if (launch.consoleSocket) {
+        const { slave } = pty.consoleForSocket(launch.consoleSocket);
+        io = { input: slave, output: slave, errors: 2, tty: slave };
+      } else {
+        restoreTerminal = pty.makeRaw(0);
+        if (restoreTerminal) io = { ...io, tty: 0 };
+      }
+    } catch (e) {
+      return finish(1, e instanceof VmError ? e : new VmError("terminal-failed", (e as Error).message));
+    }
+  }
+
   try {
     const driver = await loadDriver(launch.driver);
     const why = driver.unavailable();
@@ -115,8 +146,21 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       });
       log.debug(`vm ${launch.id}: virtiofsd pid ${virtiofsdPid}`);
     }
+    // The client's network: taps in its namespace, mirrored to its interfaces; QEMU gets the taps' fds.
+    const wiringStarted = Date.now();
+    const tapFds = launch.network
+      ? connectNetwork(launch.network, () => {
+          pids.networkWired = true;
+          writePids(stateDir, pids);
+        })
+      : [];
+    if (tapFds.length) log.debug(`vm ${launch.id}: ${tapFds.length} tap(s) mirrored in ${launch.network!.netnsPath} in ${Date.now() - wiringStarted} ms`);
     const started = Date.now();
-    vm = await driver.launch(launch.vm);
+    try {
+      vm = await driver.launch({ ...launch.vm, nics: launch.vm.nics?.map((nic, i) => ({ ...nic, tapFd: tapFds[i] })) });
+    } finally {
+      for (const fd of tapFds) closeSync(fd); // QEMU holds them now: the taps live exactly as long as QEMU
+    }
     pids.vmm = procRef(vm.pid);
     writePids(stateDir, pids);
     log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms`);
@@ -137,7 +181,19 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   let failure: VmError | undefined;
   let ready = false;
   let syncBuffer = "";
-  const send = (type: (typeof Frame)[keyof typeof Frame], payload?: Uint8Array | string) => running.channel.write(encodeFrame(type, payload));
+  const send = (type: FrameType, payload?: Uint8Array | string, session = 0) => running.channel.write(encodeFrame(type, payload, session));
+  const relay = new StdioRelay((type, payload) => send(type, payload), io, windowSize);
+  stdio = relay;
+
+  /** The hooks the runtime runs at init's "hooks" point: prestart, createRuntime, in the host's namespaces (as Kata). */
+  const runCreateHooks = async (): Promise<void> => {
+    const { runHooks } = await import("../hooks/run.ts");
+    const state = { ...launch.hookState, status: "creating", pid: process.pid };
+    for (const kind of ["prestart", "createRuntime"] as const) {
+      await runHooks(kind, launch.hooks?.[kind], state);
+      if (launch.hooks?.[kind]?.length) tracer.runtime(`ran ${launch.hooks[kind]!.length} ${kind} hook(s)`, `hooks.${kind}`);
+    }
+  };
 
   const onSyncLine = (line: string) => {
     const [kind, ...rest] = line.split(" ");
@@ -149,22 +205,35 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       }
       const message = rest.slice(2).join(" ");
       if (op) tracer.op(op, `failed: ${message}`);
-      failure = new VmError("executor-op-failed", op ? `${message} (${op.source})` : message);
+      // The first failure is the cause (a hook's, before the executor's "abort" it caused).
+      failure ??= new VmError("executor-op-failed", op ? `${message} (${op.source})` : message);
     } else if (kind === "pid") {
       guestInit = Number(rest[0]);
       pids.guestInit = { pid: guestInit, startTime: "" };
       writePids(stateDir, pids);
       send(Frame.SYNC, "go\n");
     } else if (kind === "sync") {
-      send(Frame.SYNC, "go\n"); // hooks are refused at create; nothing to do at a sync point
+      if (rest[0] !== "hooks") return void send(Frame.SYNC, "go\n");
+      runCreateHooks().then(
+        () => send(Frame.SYNC, "go\n"),
+        (e: Error) => {
+          failure = new VmError((e as { code?: string }).code ?? "hook-failed", e.message);
+          send(Frame.SYNC, "abort\n");
+        },
+      );
     } else if (kind === "ready") {
       ready = true;
       clearTimeout(readyTimer);
       log.debug(`vm ${launch.id}: container init ready in the guest (pid ${guestInit})`);
       const at = launch.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
       for (const op of launch.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
-      report({ ready: true, guestPid: guestInit });
-      void waitForStart();
+      void control.listen().then(
+        () => {
+          report({ ready: true, guestPid: guestInit });
+          void waitForStart();
+        },
+        (e: Error) => void finish(1, new VmError("control-socket-failed", `control socket ${launch.controlSocket}: ${e.message}`)),
+      );
     }
   };
 
@@ -179,34 +248,16 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     }
     send(Frame.START, launch.guestFifo);
     log.debug(`vm ${launch.id}: started`);
-    void relayStdin();
+    relay.start();
   };
 
-  let inFlight = 0;
-  let resumeStdin: (() => void) | undefined;
-  const relayStdin = async () => {
-    const buf = Buffer.alloc(65536);
-    for (;;) {
-      while (inFlight >= STDIN_WINDOW) await new Promise<void>((r) => (resumeStdin = r));
-      let n = 0;
-      try {
-        n = await new Promise<number>((resolve, reject) =>
-          read(0, buf, 0, buf.length, null, (err, bytes) => (err ? reject(err) : resolve(bytes))),
-        );
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "EAGAIN") {
-          await Bun.sleep(5);
-          continue;
-        }
-        n = 0; // EBADF (no stdin), EIO: as good as the end
-      }
-      send(Frame.STDIN, n ? buf.subarray(0, n) : undefined);
-      if (!n) return;
-      inFlight += n;
-    }
-  };
+  const control = new ControlServer({ id: launch.id, stateDir, socketPath: launch.controlSocket, vm: running, log, send });
+  controlServer = control;
 
-  const reader = new FrameReader((type, payload) => {
+  // ------------------------------------------------------------- channel
+  const reader = new FrameReader((type, payload, session) => {
+    if (session !== 0) return control.fromGuest(session, type, payload);
+    if (relay.handle(type, payload)) return;
     switch (type) {
       case Frame.HELLO: {
         clearTimeout(bootTimer);
@@ -216,6 +267,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
           () => void finish(1, new VmError("vm-ready-timeout", `container init in the guest was not ready within ${launch.readyTimeoutMs} ms`)),
           launch.readyTimeoutMs,
         );
+        if (launch.guestConsole) send(Frame.CONSOLE, launch.guestConsole);
         send(Frame.PLAN, encodePlan(launch.ops));
         break;
       }
@@ -229,25 +281,11 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
         }
         break;
       }
-      case Frame.STDOUT:
-        writeBytes(1, payload);
-        break;
-      case Frame.STDERR:
-        writeBytes(2, payload);
-        break;
-      case Frame.STDIN_ACK:
-        inFlight -= readU32(payload);
-        if (inFlight < STDIN_WINDOW && resumeStdin) {
-          const r = resumeStdin;
-          resumeStdin = undefined;
-          r();
-        }
-        break;
       case Frame.LOG:
         log.warn(`vm ${launch.id}: agent: ${new TextDecoder().decode(payload)}`);
         break;
       case Frame.EXIT: {
-        const status = readU32(payload);
+        const status = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true);
         log.debug(`vm ${launch.id}: container exited (${status})`);
         if (!ready) {
           void finish(1, failure ?? new VmError("init-exited", `container init in the guest exited (${status}) before it was ready`));

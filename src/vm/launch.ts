@@ -7,7 +7,9 @@
  */
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import type { PlanOp } from "../plan/ops.ts";
+import type { Hook } from "../spec/types.ts";
 import type { VmConfig } from "./driver.ts";
+import type { VmNetwork } from "./network.ts";
 import type { ShareEntry } from "./plan.ts";
 
 export interface VmLaunch {
@@ -16,6 +18,8 @@ export interface VmLaunch {
   vm: VmConfig;
   virtiofsd?: { binary: string; socket: string; shareDir: string; entries: ShareEntry[]; logFile: string };
   ops: PlanOp[];
+  /** The client's network namespace and the interfaces mirrored into the VM (network.ts), if the spec named one. */
+  network?: VmNetwork;
   /** The host's exec fifo (`start` opens it) and the guest's (the agent opens it). */
   hostFifo: string;
   guestFifo: string;
@@ -24,6 +28,14 @@ export interface VmLaunch {
   /** Give up when the container's init is not ready by then (after HELLO). */
   readyTimeoutMs: number;
   trace: boolean;
+  /** The host process's control socket (exec sessions, pause/resume); in vm.runDir. */
+  controlSocket: string;
+  /** --console-socket (host path) and the guest socket the agent takes init's pty master on (process.terminal). */
+  consoleSocket?: string;
+  guestConsole?: string;
+  /** Hooks the host process runs at init's "hooks" point, and the state they read (status and pid filled in). */
+  hooks?: { prestart?: Hook[]; createRuntime?: Hook[] };
+  hookState: { ociVersion: string; id: string; bundle: string; annotations: Record<string, string> };
 }
 
 /** A pid and its start time (field 22 of /proc/<pid>/stat): a reused pid has another. */
@@ -38,12 +50,14 @@ export interface VmPids {
   virtiofsd?: ProcRef;
   /** The container's init, a pid in the guest. */
   guestInit?: ProcRef;
+  /** Set before the host process adds tc mirroring in the client's namespace, cleared once it is removed. */
+  networkWired?: boolean;
 }
 
 // Uint8Array arguments (seccomp BPF) travel as {"$b64": ...}.
-const replacer = (_key: string, value: unknown) =>
+export const replacer = (_key: string, value: unknown) =>
   value instanceof Uint8Array ? { $b64: Buffer.from(value).toString("base64") } : value;
-const reviver = (_key: string, value: unknown) =>
+export const reviver = (_key: string, value: unknown) =>
   value && typeof value === "object" && "$b64" in value ? new Uint8Array(Buffer.from((value as { $b64: string }).$b64, "base64")) : value;
 
 function writeJsonAtomic(path: string, data: unknown): void {
@@ -53,6 +67,8 @@ function writeJsonAtomic(path: string, data: unknown): void {
 
 export const launchPath = (stateDir: string) => `${stateDir}/vm.json`;
 export const pidsPath = (stateDir: string) => `${stateDir}/vm-pids.json`;
+/** Present while the VM is stopped by `pause` (the container's status reads "paused"). */
+export const pausedMarker = (stateDir: string) => `${stateDir}/vm-paused`;
 
 export function writeLaunch(stateDir: string, launch: VmLaunch): void {
   writeJsonAtomic(launchPath(stateDir), launch);

@@ -14,9 +14,10 @@
 import type { Mount, Spec } from "../spec/types.ts";
 import { buildContainerPlan, type CompiledSeccompFilter } from "../plan/build.ts";
 import { parseMountOptions } from "../plan/mount-options.ts";
-import type { PlanOp } from "../plan/ops.ts";
+import { OpCode, type PlanOp } from "../plan/ops.ts";
 import { GUEST_CGROUP, GUEST_FIFO_DIR, GUEST_SHARE_DIR } from "./config.ts";
 import { guestCgroupOps } from "./guest-cgroup.ts";
+import { guestNetworkOps, type VmNetwork } from "./network.ts";
 import { VmError } from "./driver.ts";
 
 /** One host path the guest needs, and its name in the share. */
@@ -36,6 +37,8 @@ export interface GuestPlanInput {
   noNewKeyring: boolean;
   seccomp?: CompiledSeccompFilter;
   isDirectory: (hostPath: string) => boolean;
+  /** The client's network namespace as read by network.ts (the spec's network namespace path), if any. */
+  network?: VmNetwork;
 }
 
 export interface GuestPlan {
@@ -46,16 +49,29 @@ export interface GuestPlan {
   notes: string[];
 }
 
-/** What VM mode cannot do yet: refused with the field's name, never silently dropped. */
-export function checkVmSupport(spec: Spec, opts: { consoleSocket?: string; preserveFds: number }): void {
+/** The guest socket on which the agent takes the pty master of session 0 (the container's init). */
+export const GUEST_INIT_CONSOLE = `${GUEST_FIFO_DIR}/tty-0.sock`;
+
+/** What VM mode cannot do (yet): refused with the field's name, never silently dropped. */
+export function checkVmSupport(spec: Spec, opts: { consoleSocket?: string; preserveFds: number; foreground?: boolean }): void {
   const refuse = (field: string, why: string) => {
-    throw new VmError("vm-unsupported", `${field}: ${why} in VM mode (not implemented yet)`);
+    throw new VmError("vm-unsupported", `${field}: ${why} in VM mode`);
   };
-  if (spec.process?.terminal) refuse("process.terminal", "a terminal is not supported");
-  if (opts.consoleSocket) refuse("--console-socket", "a console socket is not supported");
-  if (opts.preserveFds > 0) refuse("--preserve-fds", "passing extra fds is not possible");
-  for (const kind of Object.keys(spec.hooks ?? {})) {
-    if ((spec.hooks as Record<string, unknown[]>)[kind]?.length) refuse(`hooks.${kind}`, "hooks are not supported");
+  if (spec.process?.terminal && !opts.consoleSocket && !opts.foreground) {
+    throw new VmError("console-socket-required", "process.terminal: cannot allocate a terminal for a detached container without --console-socket");
+  }
+  if (opts.preserveFds > 0) refuse("--preserve-fds", "passing extra fds is not possible (not implemented yet)");
+  // No network namespace means the host's: a VM has its own kernel and cannot share it (nor may it take the host's interfaces).
+  if (!(spec.linux?.namespaces ?? []).some((ns) => ns.type === "network")) {
+    throw new VmError(
+      "vm-unsupported",
+      "linux.namespaces: no network namespace means the host's network, which a VM-mode container cannot share; give it a network namespace (podman: --network none, or a bridge/CNI network)",
+    );
+  }
+  // These run in the container's namespaces, which are in the guest, where
+  // the host's hook binaries are not (Kata does not run them either).
+  for (const kind of ["createContainer", "startContainer"] as const) {
+    if (spec.hooks?.[kind]?.length) refuse(`hooks.${kind}`, "hooks that run in the container's namespaces are not supported");
   }
 }
 
@@ -77,19 +93,25 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   });
 
   // A namespace path names a host file: the guest cannot join it. The
-  // container gets a fresh namespace of that type inside the VM instead.
+  // container gets a fresh namespace of that type inside the VM instead; a
+  // network namespace's interfaces come with it (network.ts).
   const namespaces = (spec.linux?.namespaces ?? []).map((ns, i) => {
     if (!ns.path) return ns;
-    notes.push(`linux.namespaces[${i}]: ${ns.type} namespace ${ns.path} is on the host; the guest makes a new one`);
+    if (!(ns.type === "network" && input.network)) notes.push(`linux.namespaces[${i}]: ${ns.type} namespace ${ns.path} is on the host; the guest makes a new one`);
     return { type: ns.type };
   });
-  const guestSpec: Spec = { ...spec, mounts, linux: { ...spec.linux, namespaces } };
+  // prestart and createRuntime make init stop at the "hooks" sync point, where
+  // the host process runs them; poststart and poststop are `start`'s and `delete`'s.
+  const hooks = { prestart: spec.hooks?.prestart, createRuntime: spec.hooks?.createRuntime };
+  const guestSpec: Spec = { ...spec, mounts, hooks, linux: { ...spec.linux, namespaces } };
 
   const plan = buildContainerPlan({
     spec: guestSpec,
     bundle: input.bundle,
     rootfs: guestRootfs,
     fifoDir: GUEST_FIFO_DIR,
+    // A terminal's master goes to the agent, which relays it to the host's pty.
+    consoleSocket: spec.process?.terminal ? GUEST_INIT_CONSOLE : undefined,
     noPivot: input.noPivot,
     noNewKeyring: input.noNewKeyring,
     preserveFds: 0,
@@ -101,5 +123,19 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   });
   // Limits apply in the guest's cgroup too (the device rules of runc's default spec are moot: the devices are the guest's).
   const cgroup = guestCgroupOps(spec.linux?.resources);
-  return { ops: [...cgroup.ops, ...plan.ops], shares, guestRootfs, guestFifo: `${GUEST_FIFO_DIR}/exec.fifo`, notes: [...notes, ...cgroup.notes, ...plan.notes] };
+  const ops = input.network ? withGuestNetwork(plan.ops, input.network) : plan.ops;
+  return { ops: [...cgroup.ops, ...ops], shares, guestRootfs, guestFifo: `${GUEST_FIFO_DIR}/exec.fifo`, notes: [...notes, ...cgroup.notes, ...plan.notes] };
+}
+
+/**
+ * The NICs into the container's namespace: stage0 moves them before it
+ * releases init; init configures them right after lo is up (before sysctls,
+ * which may name an interface, and long before capabilities are dropped).
+ */
+function withGuestNetwork(ops: PlanOp[], network: VmNetwork): PlanOp[] {
+  const net = guestNetworkOps(network);
+  const release = ops.findIndex((op) => op.code === OpCode.RELEASE_CHILD);
+  const loopback = ops.findIndex((op) => op.code === OpCode.LOOPBACK_UP);
+  if (release < 0 || loopback < release) throw new VmError("vm-plan", "the guest plan has no new network namespace to put the VM's network cards in");
+  return [...ops.slice(0, release), ...net.parent, ...ops.slice(release, loopback + 1), ...net.init, ...ops.slice(loopback + 1)];
 }

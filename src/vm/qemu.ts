@@ -18,7 +18,7 @@ import { VmError, type HypervisorDriver, type RunningVm, type VmConfig } from ".
 export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; console: string }): string[] {
   const mem = `${c.memoryMiB}M`;
   const args = [
-    "-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on,memory-backend=mem",
+    "-M", `microvm,pit=on,pic=on,rtc=on,isa-serial=on,memory-backend=mem${c.acpi === false ? ",acpi=off" : ""}`,
     "-accel", c.accel === "kvm" ? "kvm" : "tcg",
     "-cpu", c.accel === "kvm" ? "host" : "max",
     "-m", mem,
@@ -37,6 +37,8 @@ export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; c
     "-mon", "chardev=qmp,mode=control",
   ];
   if (c.share) args.push("-chardev", `socket,id=fs,path=${c.share.socket}`, "-device", `vhost-user-fs-device,chardev=fs,tag=${c.share.tag}`);
+  // Each tap's fd is the child's fd 3 + i (see launch's stdio).
+  (c.nics ?? []).forEach((nic, i) => args.push("-netdev", `tap,id=nkn${i},fd=${3 + i}`, "-device", `virtio-net-device,netdev=nkn${i},mac=${nic.mac}`));
   return args;
 }
 
@@ -105,9 +107,13 @@ export class QemuDriver implements HypervisorDriver {
     const qemu = qemuPath();
     if (!qemu) throw new VmError("no-hypervisor", this.unavailable()!);
     const sockets = { channel: join(c.runDir, "channel.sock"), qmp: join(c.runDir, "qmp.sock"), console: join(c.runDir, "console.log") };
+    const taps = (c.nics ?? []).map((nic) => {
+      if (nic.tapFd === undefined) throw new VmError("no-tap", `network card ${nic.mac}: no tap fd`);
+      return nic.tapFd;
+    });
     const channel = listenOnce(sockets.channel);
     const qmpListen = listenOnce(sockets.qmp);
-    const child = spawn(qemu, qemuArgs(c, sockets), { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(qemu, qemuArgs(c, sockets), { stdio: ["ignore", "ignore", "pipe", ...taps] });
     let stderr = "";
     child.stderr!.on("data", (b: Buffer) => {
       if (stderr.length < 16384) stderr += b.toString("utf8");
@@ -147,6 +153,10 @@ export class QemuDriver implements HypervisorDriver {
         channel: channelSocket,
         exited,
         stderr: () => stderr,
+        async control(command) {
+          const answer = await qmp.command(command);
+          if ("error" in answer) throw new VmError("qmp-failed", `QMP ${command}: ${JSON.stringify(answer.error)}`);
+        },
         async shutdown(graceMs = 2000) {
           if (child.exitCode !== null || child.signalCode !== null) return;
           qmp.command("quit").catch(() => {});

@@ -8,7 +8,7 @@
  * socket, no qemu or virtiofsd process that names its container.
  */
 import { afterEach, describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,7 +32,7 @@ import {
   waitUntil,
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
-import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
+import { cgroupTopLevel, ptyRun, removeNewCgroupParents } from "./daemons.ts";
 
 const CACHE = join(repoRoot(), ".cache", "vm");
 const VM_ENV = { ...process.env, NK_VM_CACHE: CACHE };
@@ -98,6 +98,64 @@ function vcreate(b: Bundle, flags: string[] = [], env = VM_ENV) {
   const paths = outputPaths(b);
   return rt(["--mode", "vm", "create", "--bundle", b.dir, ...flags, b.id], { env, stdoutPath: paths.stdout, stderrPath: paths.stderr, timeoutMs: VM_TIMEOUT });
 }
+
+/**
+ * A one-shot --console-socket receiver (python3, socket.recv_fds): takes the
+ * pty master, sets its size to 33x101 (the guest's pty must follow), types
+ * `input`, reads until `until` appears, then writes "FDS:n\nNAME:..\n<output>".
+ */
+const RECEIVER = `
+import fcntl, os, select, socket, struct, sys, termios, time
+path, out, data, until = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(1)
+open(out + ".ready", "w").close()
+srv.settimeout(90)
+conn, _ = srv.accept()
+msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
+master = fds[0]
+fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+time.sleep(0.6)
+if data:
+    os.write(master, data.encode())
+buf = b""
+deadline = time.time() + 60
+while time.time() < deadline and until not in buf:
+    ready, _, _ = select.select([master], [], [], 0.2)
+    if not ready:
+        continue
+    try:
+        chunk = os.read(master, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    buf += chunk
+with open(out + ".tmp", "wb") as f:
+    f.write(b"FDS:" + str(len(fds)).encode() + b"\\nNAME:" + msg + b"\\n" + buf)
+os.rename(out + ".tmp", out)
+`;
+
+function consoleReceiver(dir: string, input: string, until: string) {
+  const script = join(dir, "receiver.py");
+  writeFileSync(script, RECEIVER);
+  const socket = join(dir, "console.sock");
+  const out = join(dir, "console.out");
+  const child = spawn("python3", [script, socket, out, input, until], { stdio: ["ignore", "ignore", "inherit"] });
+  child.unref();
+  waitUntil("the console socket receiver to listen", () => existsSync(`${out}.ready`), 20_000);
+  return {
+    socket,
+    result() {
+      waitUntil("the console socket receiver to finish", () => existsSync(out), 90_000);
+      const [fds, name, ...rest] = readFileSync(out, "latin1").split("\n");
+      return { fds: Number(fds!.slice(4)), name: name!.slice(5), output: rest.join("\n").replaceAll("\r", "") };
+    },
+  };
+}
+
+const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
 
 const used: string[] = [];
 function vmBundle(args: string[], override?: (c: Record<string, any>) => void): Bundle {
@@ -181,9 +239,6 @@ describe("VM mode (QEMU microvm)", () => {
     ok(startContainer(b.id));
     s = waitForStatus(b.id, "running");
     waitUntil("the container's output", () => containerStdout(b).includes("started"), 30_000);
-    // The recorded pid is the host process: exec must not join its (the host's) namespaces.
-    const exec = rt(["exec", b.id, "true"]);
-    expect({ code: exec.code, refused: exec.stderr.includes("VM-mode container is not implemented") }).toEqual({ code: 1, refused: true });
     ok(rt(["kill", b.id, "KILL"]));
     waitForStatus(b.id, "stopped", 30_000);
     ok(rt(["delete", b.id]));
@@ -199,6 +254,163 @@ describe("VM mode (QEMU microvm)", () => {
     ok(rt(["kill", b.id, "TERM"]));
     waitForStatus(b.id, "stopped", 30_000);
     expect(containerStdout(b)).toContain("got-term");
+  }, VM_TIMEOUT);
+
+  testIf(SKIP, "exec into a VM-mode container: output and exit code, stdin, flags, --process, -d and its stand-in, a terminal; ps, pause/resume, update, events --stats", async () => {
+    const shared = mkdtempSync(join(tmpdir(), "nkt-vm-exec-"));
+    try {
+      const b = vmBundle(["sh", "-c", "echo started; exec sleep 600"], (c) => {
+        c.mounts.push({ destination: "/mnt/rw", type: "bind", source: shared, options: ["rbind", "rw"] });
+        c.linux.resources = { memory: { limit: 64 << 20 } };
+        c.linux.namespaces.push({ type: "cgroup" });
+        c.mounts.push({ destination: "/sys/fs/cgroup", type: "cgroup", source: "cgroup", options: ["nosuid", "noexec", "nodev", "ro"] });
+      });
+      ok(vcreate(b));
+      ok(startContainer(b.id));
+      waitForStatus(b.id, "running");
+
+      // Output, stderr and the exit code; the process joined init's pid namespace in the guest.
+      const r = rt(["exec", b.id, "sh", "-c", "echo out; echo err >&2; tr '\\0' ' ' < /proc/1/cmdline; echo; exit 5"], { timeoutMs: VM_TIMEOUT });
+      expect({ code: r.code, out: r.stdout, err: r.stderr }).toEqual({ code: 5, out: "out\nsleep 600 \n", err: "err\n" });
+      // stdin, all of it.
+      expect(rt(["exec", b.id, "sh", "-c", "read x; echo got:$x; wc -c"], { input: "hello\n" + "x".repeat(300_000) }).stdout).toBe("got:hello\n300000\n");
+      // --env, --cwd, --user as in container mode.
+      const flags = rt(["exec", "--env", "FOO=bar", "--cwd", "/tmp", "--user", "1000:1000", b.id, "sh", "-c", 'echo "$FOO $(pwd) $(id -u):$(id -g)"']);
+      expect({ code: flags.code, out: flags.stdout }).toEqual({ code: 0, out: "bar /tmp 1000:1000\n" });
+      // --process: a config.json `process` object.
+      const processJson = join(shared, "process.json");
+      writeFileSync(processJson, JSON.stringify({ args: ["sh", "-c", "echo from-process-json; exit 4"], cwd: "/", user: { uid: 0, gid: 0 }, env: ["PATH=/bin:/usr/bin"] }));
+      const fromFile = rt(["exec", "--process", processJson, b.id]);
+      expect({ code: fromFile.code, out: fromFile.stdout }).toEqual({ code: 4, out: "from-process-json\n" });
+      // A failing exec names the field, and the container keeps running.
+      const missing = rt(["exec", b.id, "/no/such/binary"]);
+      expect({ code: missing.code, field: missing.stderr.includes("process.args") }).toEqual({ code: 1, field: true });
+
+      // -d: --pid-file names the stand-in on the host; a signal sent to it reaches the process.
+      const pidFile = join(shared, "exec.pid");
+      const script = "trap 'echo got-usr1 > /mnt/rw/trapped; exit 9' USR1; echo ready > /mnt/rw/ready; while true; do sleep 0.1; done";
+      ok(rt(["exec", "-d", "--pid-file", pidFile, b.id, "sh", "-c", script], { timeoutMs: VM_TIMEOUT }));
+      const standIn = Number(readFileSync(pidFile, "utf8"));
+      expect(alive(standIn)).toBe(true);
+      waitUntil("the detached process to run", () => existsSync(join(shared, "ready")), 30_000);
+      process.kill(standIn, "SIGUSR1");
+      waitUntil("the trap to run and the stand-in to exit", () => existsSync(join(shared, "trapped")) && !alive(standIn), 30_000);
+      expect(readFileSync(join(shared, "trapped"), "utf8")).toBe("got-usr1\n");
+      // A stand-in killed outright: the host process kills its process in the guest.
+      ok(rt(["exec", "-d", "--pid-file", pidFile, b.id, "sleep", "4321"]));
+      const victim = Number(readFileSync(pidFile, "utf8"));
+      process.kill(victim, "SIGKILL");
+      waitUntil("the orphaned guest process to be killed", () => !rt(["exec", b.id, "ps", "-o", "args"]).stdout.includes("sleep 4321"), 30_000);
+
+      // exec -t through --console-socket: the receiver drives a shell; the guest pty has the master's size.
+      const tty = consoleReceiver(shared, "echo tty-$((40+2))-ok; tty; stty size; echo end-$((1+1))-mark; exit 7\n", "end-2-mark");
+      const t = rt(["exec", "-t", "--console-socket", tty.socket, b.id, "sh"], { timeoutMs: VM_TIMEOUT });
+      const got = tty.result();
+      expect(t.code).toBe(7);
+      expect(got.fds).toBe(1);
+      expect(got.name).toMatch(/^\/dev\/pts\/\d+$/);
+      expect(got.output).toContain("tty-42-ok\n");
+      expect(got.output).toMatch(/\n\/dev\/pts\/\d+\n/);
+      expect(got.output).toContain("\n33 101\n");
+
+      // exec -t on the caller's own terminal (no console socket): raw, relayed, its size followed.
+      const onTty = ptyRun([runtimeBinary(), "--root", stateRoot(), "exec", "-t", b.id, "sh"], [{ expect: "# ", send: "stty size; echo z-$((2*21)); exit 6\n" }], VM_TIMEOUT, VM_ENV);
+      expect({ code: onTty.code, timedOut: onTty.timedOut }).toEqual({ code: 6, timedOut: false });
+      expect(onTty.output.replaceAll("\r", "")).toContain("\n24 80\nz-42\n");
+
+      // ps: the host processes that make up the container (host process, QEMU, virtiofsd).
+      const pids = JSON.parse(readFileSync(join(stateRoot(), b.id, "vm-pids.json"), "utf8"));
+      const listed = JSON.parse(ok(rt(["ps", "--format", "json", b.id])).stdout) as number[];
+      expect(listed).toEqual([pids.host.pid, pids.vmm.pid, pids.virtiofsd.pid].sort((x, y) => x - y));
+      expect(ok(rt(["ps", b.id])).stdout).toContain("qemu-system-x86_64");
+
+      // pause stops the VM (state "paused", exec refused), resume continues it.
+      ok(rt(["pause", b.id]));
+      expect(state(b.id).status).toBe("paused");
+      const refused = rt(["exec", b.id, "true"]);
+      expect({ code: refused.code, paused: refused.stderr.includes("paused") }).toEqual({ code: 1, paused: true });
+      ok(rt(["resume", b.id]));
+      expect(state(b.id).status).toBe("running");
+      expect(ok(rt(["exec", b.id, "echo", "after-resume"])).stdout).toBe("after-resume\n");
+      expect(rt(["resume", b.id]).code).not.toBe(0);
+
+      // update: the guest's cgroup v2 (the exec'd process joined it too), and the recorded spec.
+      ok(rt(["update", "--memory", "100M", "--pids-limit", "50", b.id]));
+      expect(ok(rt(["exec", b.id, "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"])).stdout).toBe(`${100 << 20}\n50\n`);
+      expect(JSON.parse(readFileSync(join(stateRoot(), b.id, "state.json"), "utf8")).spec.linux.resources).toEqual({ memory: { limit: 100 << 20 }, pids: { limit: 50 } });
+      // events --stats: the guest cgroup's figures, in runc's shape.
+      const stats = JSON.parse(ok(rt(["events", "--stats", b.id])).stdout);
+      expect(stats).toMatchObject({ type: "stats", id: b.id, data: { memory: { usage: { limit: 100 << 20 } }, pids: { limit: 50 } } });
+      expect(stats.data.memory.usage.usage).toBeGreaterThan(0);
+      expect(stats.data.pids.current).toBeGreaterThanOrEqual(1);
+      expect(stats.data.cpu.usage.total).toBeGreaterThan(0);
+
+      ok(rt(["kill", b.id, "KILL"]));
+      waitForStatus(b.id, "stopped", 30_000);
+      ok(rt(["delete", b.id]));
+      await expectNothingLeft(b.id);
+      expect(processesNaming("exec-relay")).toEqual([]);
+    } finally {
+      rmSync(shared, { recursive: true, force: true });
+    }
+  }, 4 * VM_TIMEOUT);
+
+  testIf(SKIP, "create with process.terminal and --console-socket; hooks run on the host in order with the state", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "nkt-vm-tty-"));
+    try {
+      const log = join(dir, "hooks.log");
+      const hook = (kind: string) => [{ path: "/bin/sh", args: ["sh", "-c", `read s; echo "${kind} $s" >> ${log}`] }];
+      const b = vmBundle(["sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-$((3*3))-ttys; stty size; echo done-$((5+5))"], (c) => {
+        c.process.terminal = true;
+        c.hooks = { prestart: hook("prestart"), createRuntime: hook("createRuntime"), poststart: hook("poststart"), poststop: hook("poststop") };
+      });
+      const receiver = consoleReceiver(dir, "", "done-10");
+      ok(vcreate(b, ["--console-socket", receiver.socket]));
+      const hostPid = state(b.id).pid;
+      const lines = () => readFileSync(log, "utf8").trim().split("\n").map((l) => [l.slice(0, l.indexOf(" ")), JSON.parse(l.slice(l.indexOf(" ") + 1))]);
+      expect(lines().map(([kind, s]) => [kind, s.status, s.pid, s.id])).toEqual([
+        ["prestart", "creating", hostPid, b.id],
+        ["createRuntime", "creating", hostPid, b.id],
+      ]);
+      ok(startContainer(b.id));
+      const got = receiver.result();
+      expect(got.fds).toBe(1);
+      expect(got.output).toMatch(/^\/dev\/pts\/\d+\n/);
+      expect(got.output).toContain("all-9-ttys\n33 101\ndone-10");
+      expect(containerStdout(b)).not.toContain("done-10"); // the output went to the pty, not the log
+      waitForStatus(b.id, "stopped", 30_000);
+      ok(rt(["delete", b.id]));
+      expect(lines().map(([kind, s]) => [kind, s.status])).toEqual([
+        ["prestart", "creating"],
+        ["createRuntime", "creating"],
+        ["poststart", "running"],
+        ["poststop", "stopped"],
+      ]);
+      await expectNothingLeft(b.id);
+
+      // Hooks that must run in the container's namespaces (in the guest) are refused by name, before any VM boots.
+      const inGuest = vmBundle(["true"], (c) => (c.hooks = { createContainer: [{ path: "/bin/true" }] }));
+      const refused = vcreate(inGuest);
+      expect({ code: refused.code, field: refused.stderr.includes("hooks.createContainer") }).toEqual({ code: 1, field: true });
+      // A failing prestart hook fails create with its message; nothing remains.
+      const failing = vmBundle(["true"], (c) => (c.hooks = { prestart: [{ path: "/bin/sh", args: ["sh", "-c", "echo no-way >&2; exit 3"] }] }));
+      const failed = vcreate(failing);
+      expect(failed.code).toBe(1);
+      expect(failed.stderr).toContain("hooks.prestart[0]");
+      expect(failed.stderr).toContain("no-way");
+      await expectNothingLeft(failing.id);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 2 * VM_TIMEOUT);
+
+  testIf(SKIP, "run with process.terminal on a terminal: the caller's tty, raw, relayed; its size reaches the guest", () => {
+    const b = vmBundle(["sh"], (c) => (c.process.terminal = true));
+    const r = ptyRun([runtimeBinary(), "--root", stateRoot(), "--mode", "vm", "run", "--bundle", b.dir, b.id], [{ expect: "# ", send: "echo x-$((6*7))-y; stty size; exit 3\n" }], VM_TIMEOUT, VM_ENV);
+    expect({ code: r.code, timedOut: r.timedOut }).toEqual({ code: 3, timedOut: false });
+    const out = r.output.replaceAll("\r", "");
+    expect(out).toContain("x-42-y\n");
+    expect(out).toContain("\n24 80\n"); // pty-run.py's terminal is 80x24
   }, VM_TIMEOUT);
 
   testIf(SKIP, "stdin is piped into the container, all of it (flow control over the channel)", () => {
@@ -289,7 +501,6 @@ describe("VM mode (QEMU microvm)", () => {
     ok(startContainer(b.id));
     waitForStatus(b.id, "running");
     const pids = JSON.parse(readFileSync(join(stateRoot(), b.id, "vm-pids.json"), "utf8"));
-    const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
     expect([alive(pids.vmm.pid), alive(pids.virtiofsd.pid)]).toEqual([true, true]);
     process.kill(pids.host.pid, "SIGKILL");
     waitForStatus(b.id, "stopped", 10_000);
@@ -313,7 +524,7 @@ describe("VM mode (QEMU microvm)", () => {
 
 describe("VM mode through podman", () => {
   const reason = SKIP ?? (which("podman") && which("conmon") ? null : "podman or conmon is not installed");
-  testIf(reason, "podman run --annotation io.nanokata.mode=vm: the guest's kernel, stdin, exit code; rm leaves nothing", async () => {
+  testIf(reason, "podman run --annotation io.nanokata.mode=vm: the guest's kernel, stdin, exit code; podman exec (-i, -t); rm leaves nothing", async () => {
     const dir = mkdtempSync(join(tmpdir(), "nkt-vm-podman-"));
     // podman's cgroupfs parent (/libpod_parent, with conmon's cgroup in it): ours to remove if this test made it.
     const cgroupsBefore = cgroupTopLevel();
@@ -339,6 +550,16 @@ describe("VM mode through podman", () => {
       expect(kernel).not.toBe(release());
       expect(kernel).toMatch(/cloud-amd64$/);
       expect(podman(["ps", "--all", "--quiet"]).stdout.trim()).toBe("");
+
+      // podman exec (conmon runs `exec -d --pid-file --process` and waits for the stand-in it names).
+      expect(podman(["run", "-d", "--name", "vmexec", "--network", "none", "--annotation", "io.nanokata.mode=vm", "localhost/nkt-vm-busybox:latest", "sleep", "600"]).status).toBe(0);
+      const e = podman(["exec", "vmexec", "sh", "-c", "echo in-$(uname -r); exit 3"]);
+      expect({ code: e.status, out: e.stdout.trim() }).toEqual({ code: 3, out: `in-${kernel}` });
+      const i = podman(["exec", "-i", "vmexec", "sh", "-c", "read x; echo got:$x"], "piped\n");
+      expect({ code: i.status, out: i.stdout }).toEqual({ code: 0, out: "got:piped\n" });
+      const t = podman(["exec", "-t", "vmexec", "sh", "-c", "tty; exit 2"]);
+      expect({ code: t.status, tty: /^\/dev\/pts\/\d+\r?$/.test(t.stdout.trim()) }).toEqual({ code: 2, tty: true });
+      expect(podman(["rm", "--force", "--time", "0", "vmexec"]).status).toBe(0);
     } finally {
       podman(["rm", "--all", "--force", "--time", "0"]);
       podman(["rmi", "--all", "--force"]);
@@ -347,7 +568,7 @@ describe("VM mode through podman", () => {
       rmSync(dir, { recursive: true, force: true });
       expect(removeNewCgroupParents(cgroupsBefore, ["libpod_parent"])).toEqual([]);
     }
-  }, VM_TIMEOUT);
+  }, 2 * VM_TIMEOUT);
 });
 
 describe("VM mode (Firecracker)", () => {

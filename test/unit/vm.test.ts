@@ -12,11 +12,13 @@ import { decodeBlock, decompressLegacy, LZ4_LEGACY_MAGIC, Lz4Error } from "../..
 import { bzImagePayload, hasPvhNote, KernelImageError } from "../../src/vm/image/bzimage.ts";
 import { writeCpio } from "../../src/vm/image/cpio.ts";
 import { readModinfo, resolveModules } from "../../src/vm/image/modules.ts";
-import { changedInputs, type ImageInputs } from "../../src/vm/image/build.ts";
-import { encodeFrame, Frame, FRAME_HEADER, FRAME_MAX, FrameReader, readU32, u32Payload } from "../../src/vm/channel.ts";
+import { changedInputs, changedKernel, type ImageInputs } from "../../src/vm/image/build.ts";
+import { parseConfigFragment, unmetConfig, type MinimalKernelInputs } from "../../src/vm/image/minimal-kernel.ts";
+import { Control, encodeFrame, Frame, FRAME_HEADER, FRAME_MAX, FrameReader, readU32, SESSION_MAX, u32Payload } from "../../src/vm/channel.ts";
 import { qemuArgs } from "../../src/vm/qemu.ts";
 import { firecrackerRequests } from "../../src/vm/firecracker.ts";
-import { buildGuestPlan, checkVmSupport } from "../../src/vm/plan.ts";
+import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "../../src/vm/plan.ts";
+import { buildVmExecPlan } from "../../src/vm/exec.ts";
 import { virtiofsdPlan } from "../../src/vm/virtiofsd.ts";
 import { guestCgroupOps } from "../../src/vm/guest-cgroup.ts";
 import { selectMode, vmSize } from "../../src/vm/container.ts";
@@ -214,13 +216,57 @@ describe("kernel modules", () => {
 });
 
 describe("the image stamp", () => {
-  const base: ImageInputs = { layout: 1, kernel: { name: "k", version: "1", sha256: "a" }, agentSha256: "x", busyboxSha256: "y", modules: ["m"] };
+  const debian: ImageInputs = {
+    layout: 2,
+    kernel: { kind: "debian", package: { name: "k", version: "1", sha256: "a" }, modules: ["m"] },
+    agentSha256: "x",
+    busyboxSha256: "y",
+  };
+  const minimal: ImageInputs = {
+    ...debian,
+    kernel: { kind: "minimal", source: { name: "linux-source-6.1", version: "6.1.1-1", sha256: "s" }, configSha256: "c", compiler: "gcc 12" },
+  };
   test("names each input that changed, and nothing when none did", () => {
-    expect(changedInputs(base, base)).toEqual([]);
-    expect(changedInputs(base, { ...base, agentSha256: "z", kernel: { ...base.kernel, version: "2" } })).toEqual([
-      "kernel (k 1 -> k 2)",
-      "agent binary",
+    expect(changedInputs(debian, debian)).toEqual([]);
+    expect(changedInputs(minimal, minimal)).toEqual([]);
+    const newer = { ...debian, agentSha256: "z", kernel: { ...debian.kernel, package: { name: "k", version: "2", sha256: "b" } } as ImageInputs["kernel"] };
+    expect(changedInputs(debian, newer)).toEqual(["kernel (k 1 -> k 2)", "agent binary"]);
+    expect(changedInputs(debian, minimal)).toEqual(["kernel kind (debian -> minimal)"]);
+  });
+
+  test("the minimal kernel is rebuilt for a new source version, config fragment or compiler", () => {
+    const k = minimal.kernel as MinimalKernelInputs;
+    expect(changedKernel(k, { ...k, source: { ...k.source, version: "6.1.2-1" } })).toEqual(["kernel source (linux-source-6.1 6.1.1-1 -> linux-source-6.1 6.1.2-1)"]);
+    expect(changedKernel(k, { ...k, configSha256: "d", compiler: "gcc 13" })).toEqual(["guest-kernel.config", "compiler (gcc 12 -> gcc 13)"]);
+    // A stamp from before kernel kinds (layout 1) had no kind: it was Debian's kernel.
+    expect(changedKernel(undefined, k)).toEqual(["kernel kind (debian -> minimal)"]);
+  });
+});
+
+describe("the minimal kernel's config fragment", () => {
+  test("assignments and 'is not set' lines are read; comments are not", () => {
+    const parsed = parseConfigFragment('# a comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C="-x"\nCONFIG_N=64\n');
+    expect([...parsed]).toEqual([
+      ["CONFIG_A", "y"],
+      ["CONFIG_B", "n"],
+      ["CONFIG_C", '"-x"'],
+      ["CONFIG_N", "64"],
     ]);
+  });
+
+  test("a symbol Kconfig dropped (or changed) is reported with what it became", () => {
+    const fragment = "CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_N=64\n";
+    const final = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_N=8\n";
+    expect(unmetConfig(fragment, final)).toEqual(["CONFIG_B=y (got n)", "CONFIG_C=n (got y)", "CONFIG_N=64 (got 8)"]);
+    expect(unmetConfig(fragment, "CONFIG_A=y\nCONFIG_B=y\nCONFIG_N=64\n")).toEqual([]);
+  });
+
+  test("the committed fragment asks for what the guest needs, and no modules", () => {
+    const wanted = parseConfigFragment(readFileSync(resolve(import.meta.dir, "../../src/vm/image/guest-kernel.config"), "utf8"));
+    for (const symbol of ["PVH", "VIRTIO_MMIO_CMDLINE_DEVICES", "VIRTIO_CONSOLE", "VIRTIO_FS", "OVERLAY_FS", "VIRTIO_NET", "CGROUP_BPF", "SECCOMP_FILTER", "USER_NS", "DEVTMPFS"]) {
+      expect({ symbol, value: wanted.get(`CONFIG_${symbol}`) }).toEqual({ symbol, value: "y" });
+    }
+    expect(wanted.get("CONFIG_MODULES")).toBeUndefined(); // allnoconfig leaves it off
   });
 });
 
@@ -238,6 +284,31 @@ describe("the channel (src/vm/channel.ts and native/agent.h)", () => {
     ]);
   });
 
+  test("sessions: the u16 after the type names the executor run; byte 7 stays zero", () => {
+    const frame = encodeFrame(Frame.STDIN, "hi", 0x1234);
+    expect([...frame.subarray(0, FRAME_HEADER)]).toEqual([2, 0, 0, 0, Frame.STDIN, 0x34, 0x12, 0]);
+    const got: Array<[number, number, string]> = [];
+    const reader = new FrameReader((type, payload, session) => got.push([type, session, new TextDecoder().decode(payload)]));
+    const stream = Buffer.concat([encodeFrame(Frame.STDOUT, "init", 0), encodeFrame(Frame.STDOUT, "exec", 7), encodeFrame(Frame.EXIT, u32Payload(0), SESSION_MAX)]);
+    for (const byte of stream) reader.push(new Uint8Array([byte]));
+    expect(got).toEqual([
+      [Frame.STDOUT, 0, "init"],
+      [Frame.STDOUT, 7, "exec"],
+      [Frame.EXIT, SESSION_MAX, "\0\0\0\0"],
+    ]);
+    expect(() => encodeFrame(Frame.PLAN, "", SESSION_MAX + 1)).toThrow("u16");
+    expect(() => encodeFrame(Frame.PLAN, "", -1)).toThrow("u16");
+    // A non-zero reserved byte means the stream is out of step (or an older peer).
+    const bad = encodeFrame(Frame.SYNC, "go\n", 1);
+    bad[7] = 1;
+    expect(() => new FrameReader(() => {}).push(bad)).toThrow("reserved");
+  });
+
+  test("control frames stay off the guest's numbers", () => {
+    const guest = new Set<number>(Object.values(Frame));
+    for (const v of Object.values(Control)) expect(guest.has(v)).toBe(false);
+  });
+
   test("a length beyond the maximum is a broken stream, not an allocation", () => {
     const bad = new Uint8Array(FRAME_HEADER);
     new DataView(bad.buffer).setUint32(0, FRAME_MAX + 1, true);
@@ -251,6 +322,9 @@ describe("the channel (src/vm/channel.ts and native/agent.h)", () => {
     expect(Number(/NK_FRAME_HEADER\s+(\d+)/.exec(header)?.[1])).toBe(FRAME_HEADER);
     expect(/NK_FRAME_MAX\s+\((\d+)u << (\d+)\)/.exec(header)?.slice(1).map(Number)).toEqual([16, 20]);
     expect(FRAME_MAX).toBe(16 << 20);
+    // The agent's session table must hold at least a pod's worth; ids are u16 on both sides.
+    expect(Number(/NK_SESSIONS_MAX\s+(\d+)/.exec(header)?.[1])).toBeGreaterThanOrEqual(16);
+    expect(readFileSync(join(NATIVE, "agent.c"), "utf8")).toContain("buf[at + 5] | (unsigned)buf[at + 6] << 8");
   });
 });
 
@@ -295,6 +369,12 @@ describe("the QEMU command line", () => {
     expect(qemuArgs(vmConfig, sockets)).toEqual(expect.arrayContaining(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]));
   });
 
+  test("the minimal kernel's VMs have no ACPI (QEMU puts virtio_mmio.device= on the command line); the stock kernel's do", () => {
+    expect(qemuArgs({ ...vmConfig, acpi: false }, sockets)[1]).toMatch(/^microvm,.*,acpi=off$/);
+    expect(qemuArgs({ ...vmConfig, acpi: true }, sockets)[1]).not.toContain("acpi");
+    expect(qemuArgs(vmConfig, sockets)[1]).not.toContain("acpi");
+  });
+
   test("KVM uses the host CPU; no share, no vhost-user device", () => {
     const args = qemuArgs({ ...vmConfig, accel: "kvm", share: undefined }, sockets);
     expect(pairs(args)).toEqual(expect.arrayContaining(["-accel kvm", "-cpu host"]));
@@ -305,6 +385,10 @@ describe("the QEMU command line", () => {
     const line = guestCmdline({ tscKhz: 2_000_000, share: true, extra: "nk.debug=1" }).split(" ");
     expect(line).toEqual(expect.arrayContaining(["quiet", "pci=off", "8250.nr_uarts=1", "tsc_early_khz=2000000", "nk.port=nk.0", "nk.share=nkshare", "nk.debug=1", "panic=-1"]));
     expect(guestCmdline({ share: false })).not.toContain("nk.share");
+    // The minimal kernel has no i8042, PCI or crypto self-tests: those parameters would reach the agent's environment.
+    const minimal = guestCmdline({ kernel: "minimal", share: true }).split(" ");
+    expect(minimal).toEqual(expect.arrayContaining(["quiet", "panic=-1", "reboot=t", "nk.port=nk.0"]));
+    expect(minimal.filter((p) => /^(i8042|pci=|cryptomgr|init_on_alloc)/.test(p))).toEqual([]);
   });
 });
 
@@ -370,11 +454,66 @@ describe("the guest plan", () => {
     expect(plan.notes.join("\n")).toContain("/var/run/netns/x");
   });
 
-  test("what VM mode cannot do yet is refused by field name", () => {
-    expect(() => checkVmSupport(spec({ process: { cwd: "/", args: ["sh"], terminal: true, user: { uid: 0, gid: 0 } } }), { preserveFds: 0 })).toThrow("process.terminal");
+  test("what VM mode cannot do is refused by field name; a terminal needs a console socket unless in the foreground", () => {
+    const tty = spec({ process: { cwd: "/", args: ["sh"], terminal: true, user: { uid: 0, gid: 0 } } });
+    expect(() => checkVmSupport(tty, { preserveFds: 0 })).toThrow("--console-socket");
+    expect(() => checkVmSupport(tty, { preserveFds: 0, consoleSocket: "/run/c.sock" })).not.toThrow();
+    expect(() => checkVmSupport(tty, { preserveFds: 0, foreground: true })).not.toThrow();
     expect(() => checkVmSupport(spec(), { preserveFds: 2 })).toThrow("--preserve-fds");
-    expect(() => checkVmSupport(spec({ hooks: { prestart: [{ path: "/bin/true" }] } }), { preserveFds: 0 })).toThrow("hooks.prestart");
+    expect(() => checkVmSupport(spec({ hooks: { createContainer: [{ path: "/bin/true" }] } }), { preserveFds: 0 })).toThrow("hooks.createContainer");
+    expect(() => checkVmSupport(spec({ hooks: { startContainer: [{ path: "/bin/true" }] } }), { preserveFds: 0 })).toThrow("hooks.startContainer");
+    expect(() => checkVmSupport(spec({ hooks: { prestart: [{ path: "/bin/true" }], poststop: [{ path: "/bin/true" }] } }), { preserveFds: 0 })).not.toThrow();
     expect(() => checkVmSupport(spec(), { preserveFds: 0 })).not.toThrow();
+  });
+
+  test("a terminal: init's pty master goes to the agent's console socket; prestart makes init stop for the host", () => {
+    const p = buildGuestPlan({
+      spec: spec({ process: { cwd: "/", args: ["sh"], terminal: true, user: { uid: 0, gid: 0 } }, hooks: { prestart: [{ path: "/bin/true" }] } }),
+      bundle: "/b",
+      rootfs: "/b/rootfs",
+      containerId: "c1",
+      noPivot: false,
+      noNewKeyring: false,
+      isDirectory: () => true,
+    });
+    const args = (code: OpCode) => p.ops.filter((o) => o.code === code).map((o) => o.args);
+    expect(args(OpCode.CONNECT_CONSOLE)).toEqual([[GUEST_INIT_CONSOLE]]);
+    expect(args(OpCode.SETUP_TERMINAL)[0]![0]).toBe("socket");
+    expect(args(OpCode.MONITOR)).toEqual([["none"]]);
+    expect(args(OpCode.SYNC)).toEqual([["hooks"]]);
+    expect(args(OpCode.RUN_HOOK)).toEqual([]);
+  });
+});
+
+describe("the exec plan in the guest (src/vm/exec.ts)", () => {
+  const ops = (terminal: boolean) =>
+    buildVmExecPlan({
+      process: { cwd: "/tmp", args: ["sh", "-c", "echo hi"], env: ["A=1"], user: { uid: 1000, gid: 1000 }, terminal },
+      guestInit: 42,
+      spec: spec(),
+      guestConsole: terminal ? "/run/nk/tty-abc.sock" : undefined,
+    });
+
+  test("stage0 joins the guest cgroup first, then init's namespaces by its guest pid; a host namespace path is not used", () => {
+    const plan = ops(false);
+    expect(plan[0]).toMatchObject({ code: OpCode.WRITE_FILE, section: Section.Pre, args: ["/sys/fs/cgroup/nk/cgroup.procs", "0"] });
+    expect(plan.filter((o) => o.code === OpCode.SETNS).map((o) => o.args)).toEqual([
+      ["/proc/42/ns/net", "network"],
+      ["/proc/42/ns/pid", "pid"],
+      ["/proc/42/ns/mnt", "mount"],
+    ]);
+    // stage0 always stays: the guest reports the exit status, whatever -d said on the host.
+    expect(plan.filter((o) => o.code === OpCode.MONITOR).map((o) => o.args)).toEqual([["none"]]);
+    expect(plan.filter((o) => o.code === OpCode.EXIT)).toEqual([]);
+    expect(plan.some((o) => o.code === OpCode.CONNECT_CONSOLE || o.code === OpCode.SETUP_TERMINAL)).toBe(false);
+    expect(plan.find((o) => o.code === OpCode.CHDIR)?.args).toEqual(["/tmp"]);
+  });
+
+  test("a terminal: the pty master goes to the session's console socket in the guest", () => {
+    const plan = ops(true);
+    expect(plan.filter((o) => o.code === OpCode.CONNECT_CONSOLE).map((o) => o.args)).toEqual([["/run/nk/tty-abc.sock"]]);
+    expect(plan.find((o) => o.code === OpCode.SETUP_TERMINAL)?.args.slice(0, 1)).toEqual(["socket"]);
+    expect(plan.filter((o) => o.code === OpCode.MONITOR).map((o) => o.args)).toEqual([["none"]]);
   });
 });
 

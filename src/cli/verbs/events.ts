@@ -15,7 +15,7 @@ const events: Verb = {
     exactArgs("events", args, 1);
     const ctx = runtimeContext(global);
     if (flags.stats) {
-      writeStdout(JSON.stringify(containerStats(ctx, args[0]!)) + "\n");
+      writeStdout(JSON.stringify(await containerStats(ctx, args[0]!)) + "\n");
       return 0;
     }
     const interval = parseDuration((flags.interval as string | undefined) ?? "5s", "--interval");

@@ -78,6 +78,18 @@ const exec: Verb = {
     const ctx = runtimeContext(global, Boolean(flags.trace));
     const record = ctx.store.read(validateContainerId(id));
     const detach = Boolean(flags.detach);
+    if (record.mode === "vm") {
+      // The process runs in the container's VM; this command (or, with -d, a detached stand-in) speaks for it.
+      const { execInVmContainer } = await import("../../vm/exec.ts");
+      return execInVmContainer(ctx, record, {
+        process: execProcess(record.spec.process, flags, command),
+        consoleSocket: flags["console-socket"] as string | undefined,
+        pidFile: flags["pid-file"] as string | undefined,
+        preserveFds: (flags["preserve-fds"] as number | undefined) ?? 0,
+        detach,
+        ignorePaused: Boolean(flags["ignore-paused"]),
+      });
+    }
     const run = await execInContainer(ctx, id!, {
       process: execProcess(record.spec.process, flags, command),
       consoleSocket: flags["console-socket"] as string | undefined,

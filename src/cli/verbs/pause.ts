@@ -6,9 +6,9 @@ const pause: Verb = {
   summary: "freeze every process of a running container (cgroup freezer)",
   usage: "<container-id>",
   flags: [],
-  run(global, _flags, args) {
+  async run(global, _flags, args) {
     exactArgs("pause", args, 1);
-    pauseContainer(runtimeContext(global), args[0]!);
+    await pauseContainer(runtimeContext(global), args[0]!);
     return 0;
   },
 };

@@ -6,9 +6,9 @@ const resume: Verb = {
   summary: "thaw a paused container",
   usage: "<container-id>",
   flags: [],
-  run(global, _flags, args) {
+  async run(global, _flags, args) {
     exactArgs("resume", args, 1);
-    resumeContainer(runtimeContext(global), args[0]!);
+    await resumeContainer(runtimeContext(global), args[0]!);
     return 0;
   },
 };

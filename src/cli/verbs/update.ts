@@ -26,7 +26,7 @@ const update: Verb = {
     { name: "pids-limit", kind: "string", value: "N", help: "maximum number of processes (-1 or 0 unlimited)" },
     { name: "blkio-weight", kind: "string", value: "N", help: "block IO weight (10-1000)" },
   ],
-  run(global, flags, args) {
+  async run(global, flags, args) {
     exactArgs("update", args, 1);
     let resources: LinuxResources = {};
     if (flags.resources) {
@@ -55,7 +55,7 @@ const update: Verb = {
     if (Object.keys(cpu).length) resources.cpu = cpu;
     if (str("pids-limit")) resources.pids = { limit: parseInteger(str("pids-limit")!, "--pids-limit") };
     if (str("blkio-weight")) resources.blockIO = { ...(resources.blockIO ?? {}), weight: parseInteger(str("blkio-weight")!, "--blkio-weight") };
-    updateContainer(runtimeContext(global), args[0]!, resources);
+    await updateContainer(runtimeContext(global), args[0]!, resources);
     return 0;
   },
 };

@@ -1,59 +1,75 @@
 /**
- * `nk-runtime vm build-image`: the guest artefacts, built from Debian packages
- * into a cache directory (never committed) and rebuilt only when an input
- * changes. Inputs: the cloud kernel package (name, version, SHA256 from apt's
- * metadata), the agent binary, busybox, the module list and this builder's
- * layout version; stamp.json records them.
+ * `nk-runtime vm build-image`: the guest artefacts, built into a cache
+ * directory (never committed) and rebuilt only when an input changes. Two
+ * kernel kinds:
  *
- *   <cache>/vmlinux          the ELF kernel (PVH entry), extracted from the bzImage
- *   <cache>/initramfs.cpio   /init = nk-agent, /modules/NN-name.ko, busybox (for rdinit=/bin/sh debugging)
- *   <cache>/kernel.json      the kernel stage's inputs and results (release, modules in load order)
- *   <cache>/modules/         the .ko files the guest needs, dependencies first
+ *  - "minimal" (the default): compiled from Debian's linux-source package with
+ *    src/vm/image/guest-kernel.config, everything built in, no ACPI
+ *    (minimal-kernel.ts). Minutes to build once; the fast one to boot.
+ *  - "debian": the stock cloud kernel package, its vmlinux extracted, plus the
+ *    modules the guest needs (debian-kernel.ts). Nothing to compile.
+ *
+ * Inputs (stamp.json records them all): the kernel's (kind; source package
+ * version and SHA256, config fragment SHA256 and compiler -- or the kernel
+ * package and module list), the agent binary, busybox and this builder's
+ * layout version.
+ *
+ *   <cache>/vmlinux          the ELF kernel, entered through its PVH note
+ *   <cache>/initramfs.cpio   /init = nk-agent, busybox (for rdinit=/bin/sh debugging), /modules/NN-name.ko (debian)
+ *   <cache>/kernel.json      the kernel stage's inputs and results (release, modules in load order, build time)
+ *   <cache>/kernel.config    the minimal kernel's complete .config (for reading: what is in the guest)
+ *   <cache>/modules/         the debian kernel's .ko files, dependencies first
  *   <cache>/stamp.json       every input and output: what `vm check` compares
  */
-import { spawnSync } from "node:child_process";
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { flock, LOCK_EX } from "../../util/libc.ts";
-import { agentBinaryPath, BUSYBOX, GUEST_MODULES, kernelPackageName } from "../config.ts";
-import { extractVmlinux } from "./bzimage.ts";
+import { agentBinaryPath, BUSYBOX, guestKernelKind, type KernelKind } from "../config.ts";
 import { writeCpio, type CpioEntry } from "./cpio.ts";
-import { resolveModules } from "./modules.ts";
+import { buildDebianKernel, debianKernelInputs, type DebianKernelInputs } from "./debian-kernel.ts";
+import { buildMinimalKernel, minimalKernelInputs, type MinimalKernelInputs } from "./minimal-kernel.ts";
+import { ImageError, sha256File } from "./tools.ts";
+
+export { ImageError, sha256File };
+export type { KernelKind };
 
 /** Bump when the artefacts' layout or content rules change: forces a rebuild. */
-const LAYOUT = 1;
+const LAYOUT = 2;
 
-export class ImageError extends Error {}
-
-export interface KernelPackage {
-  name: string;
-  version: string;
-  sha256: string;
-}
+export type KernelInputs = MinimalKernelInputs | DebianKernelInputs;
 
 export interface ImageInputs {
   layout: number;
-  kernel: KernelPackage;
+  kernel: KernelInputs;
   agentSha256: string;
   busyboxSha256: string;
-  modules: string[];
 }
 
 export interface KernelStamp {
-  kernel: KernelPackage;
-  wanted: string[];
+  inputs: KernelInputs;
   release: string;
-  /** Module names in load order (the file names under modules/ carry the order). */
+  /** Module names in load order (the file names under modules/ carry the order); [] for the minimal kernel. */
   modules: string[];
   builtin: string[];
+  /** The minimal kernel's build: how long it took and how many make steps it had (the next build's progress estimate). */
+  buildSeconds?: number;
+  buildSteps?: number;
 }
 
 export interface ImageStamp {
   inputs: ImageInputs;
+  kernel: KernelKind;
   release: string;
   modules: string[];
+  /**
+   * Whether the kernel needs microvm's ACPI tables: the stock kernel finds
+   * its virtio-mmio devices there; the minimal one has no ACPI and reads them
+   * from the command line (virtio_mmio.device=, which QEMU adds with acpi=off).
+   */
+  acpi: boolean;
   vmlinuxBytes: number;
   initramfsBytes: number;
+  kernelBuildSeconds?: number;
   builtAt: string;
 }
 
@@ -62,6 +78,8 @@ export interface GuestImage {
   vmlinux: string;
   initramfs: string;
   stamp: ImageStamp;
+  kernel: KernelKind;
+  acpi: boolean;
 }
 
 export function imagePaths(dir: string) {
@@ -70,43 +88,21 @@ export function imagePaths(dir: string) {
     initramfs: join(dir, "initramfs.cpio"),
     stamp: join(dir, "stamp.json"),
     kernelStamp: join(dir, "kernel.json"),
+    kernelConfig: join(dir, "kernel.config"),
     modules: join(dir, "modules"),
     lock: join(dir, ".lock"),
   };
 }
 
-export function sha256File(path: string): string {
-  const hasher = new Bun.CryptoHasher("sha256");
-  hasher.update(readFileSync(path));
-  return hasher.digest("hex");
+export function kernelInputs(kind: KernelKind): KernelInputs {
+  return kind === "minimal" ? minimalKernelInputs() : debianKernelInputs();
 }
 
-function run(cmd: string, args: string[], cwd?: string): string {
-  const r = spawnSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-  if (r.error) throw new ImageError(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0) throw new ImageError(`${cmd} ${args.join(" ")} failed (exit ${r.status}): ${(r.stderr || r.stdout).trim().split("\n").slice(-3).join(" | ")}`);
-  return r.stdout;
-}
-
-/** The concrete kernel package behind a meta-package (or the package itself), from apt's local lists. */
-export function resolveKernelPackage(name = kernelPackageName()): KernelPackage {
-  let concrete = name;
-  const depends = run("apt-cache", ["depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", name]);
-  const dep = /^\s*Depends:\s*(linux-image-\S+)/m.exec(depends);
-  if (dep && !name.match(/^linux-image-\d/)) concrete = dep[1]!;
-  const show = run("apt-cache", ["show", "--no-all-versions", concrete]);
-  const field = (f: string) => new RegExp(`^${f}: (.+)$`, "m").exec(show)?.[1]?.trim();
-  const version = field("Version");
-  const sha256 = field("SHA256");
-  if (!version || !sha256) throw new ImageError(`apt-cache show ${concrete}: no Version/SHA256 (run apt-get update?)`);
-  return { name: concrete, version, sha256 };
-}
-
-export function currentInputs(kernel: KernelPackage = resolveKernelPackage()): ImageInputs {
+export function currentInputs(kind: KernelKind = guestKernelKind()): ImageInputs {
   const agent = agentBinaryPath();
-  if (!existsSync(agent)) throw new ImageError(`the guest agent ${agent} is missing: build it with \`npm run build\` (make -C native)`);
-  if (!existsSync(BUSYBOX)) throw new ImageError(`${BUSYBOX} is missing: apt-get install busybox-static`);
-  return { layout: LAYOUT, kernel, agentSha256: sha256File(agent), busyboxSha256: sha256File(BUSYBOX), modules: [...GUEST_MODULES] };
+  if (!existsSync(agent)) throw new ImageError(`the guest agent ${agent} is missing: build it with \`npm run build\` (make -C native)`, "image-no-agent");
+  if (!existsSync(BUSYBOX)) throw new ImageError(`${BUSYBOX} is missing: apt-get install busybox-static`, "image-no-busybox");
+  return { layout: LAYOUT, kernel: kernelInputs(kind), agentSha256: sha256File(agent), busyboxSha256: sha256File(BUSYBOX) };
 }
 
 function readJson<T>(path: string): T | undefined {
@@ -126,7 +122,9 @@ export function findImage(dir: string): GuestImage | undefined {
   const p = imagePaths(dir);
   const stamp = readStamp(dir);
   if (!stamp || !existsSync(p.vmlinux) || !existsSync(p.initramfs)) return undefined;
-  return { dir, vmlinux: p.vmlinux, initramfs: p.initramfs, stamp };
+  // An image from before kernel kinds existed is Debian's, with ACPI.
+  const kernel: KernelKind = stamp.kernel ?? "debian";
+  return { dir, vmlinux: p.vmlinux, initramfs: p.initramfs, stamp, kernel, acpi: stamp.acpi ?? kernel === "debian" };
 }
 
 export type ImageState = { state: "missing" | "stale" | "current"; reason: string; image?: GuestImage };
@@ -137,60 +135,90 @@ export function imageStatus(dir: string, inputs: ImageInputs): ImageState {
   if (!image) return { state: "missing", reason: `no guest image in ${dir} (run \`nk-runtime vm build-image\`)` };
   const changed = changedInputs(image.stamp.inputs, inputs);
   if (changed.length) return { state: "stale", reason: `changed since the build: ${changed.join(", ")}`, image };
-  return { state: "current", reason: `built ${image.stamp.builtAt} from ${inputs.kernel.name} ${inputs.kernel.version}`, image };
+  return { state: "current", reason: `built ${image.stamp.builtAt}: ${describeKernel(inputs.kernel)}`, image };
+}
+
+export function describeKernel(k: KernelInputs): string {
+  return k.kind === "minimal" ? `minimal kernel from ${k.source.name} ${k.source.version}` : `Debian's ${k.package.name} ${k.package.version}`;
+}
+
+/** What differs between two kernel stages' inputs, in words ([] when nothing does). */
+export function changedKernel(old: KernelInputs | undefined, now: KernelInputs): string[] {
+  if (!old || old.kind !== now.kind) return [`kernel kind (${old?.kind ?? "debian"} -> ${now.kind})`];
+  const changed: string[] = [];
+  if (old.kind === "debian" && now.kind === "debian") {
+    const [a, b] = [old.package, now.package];
+    if (a.name !== b.name || a.version !== b.version || a.sha256 !== b.sha256) changed.push(`kernel (${a.name} ${a.version} -> ${b.name} ${b.version})`);
+    if (old.modules.join(",") !== now.modules.join(",")) changed.push("module list");
+  } else if (old.kind === "minimal" && now.kind === "minimal") {
+    const [a, b] = [old.source, now.source];
+    if (a.name !== b.name || a.version !== b.version || a.sha256 !== b.sha256) changed.push(`kernel source (${a.name} ${a.version} -> ${b.name} ${b.version})`);
+    if (old.configSha256 !== now.configSha256) changed.push("guest-kernel.config");
+    if (old.compiler !== now.compiler) changed.push(`compiler (${old.compiler} -> ${now.compiler})`);
+  }
+  return changed;
 }
 
 export function changedInputs(old: ImageInputs, now: ImageInputs): string[] {
   const changed: string[] = [];
   if (old.layout !== now.layout) changed.push("builder layout");
-  if (old.kernel.name !== now.kernel.name || old.kernel.version !== now.kernel.version || old.kernel.sha256 !== now.kernel.sha256) {
-    changed.push(`kernel (${old.kernel.name} ${old.kernel.version} -> ${now.kernel.name} ${now.kernel.version})`);
-  }
+  changed.push(...changedKernel(old.kernel, now.kernel));
   if (old.agentSha256 !== now.agentSha256) changed.push("agent binary");
   if (old.busyboxSha256 !== now.busyboxSha256) changed.push("busybox");
-  if (old.modules.join(",") !== now.modules.join(",")) changed.push("module list");
   return changed;
 }
 
 export interface BuildOptions {
   dir: string;
+  /** Default: NK_VM_KERNEL, else "minimal". */
+  kernel?: KernelKind;
   force?: boolean;
   progress?: (line: string) => void;
 }
 
 /** Build (or reuse) the guest image; serialised across processes by a lock in the cache dir. */
-export function buildImage(opts: BuildOptions): GuestImage & { rebuilt: boolean } {
+export async function buildImage(opts: BuildOptions): Promise<GuestImage & { rebuilt: boolean }> {
   const say = opts.progress ?? (() => {});
+  const kind = opts.kernel ?? guestKernelKind();
   const p = imagePaths(opts.dir);
   mkdirSync(opts.dir, { recursive: true });
   const lockFd = openSync(p.lock, "w");
   try {
     flock(lockFd, LOCK_EX);
-    say(`resolving ${kernelPackageName()} with apt-cache`);
-    const inputs = currentInputs();
+    removeAbandonedWork(opts.dir);
+    say(kind === "minimal" ? "resolving the kernel source package and the build's inputs" : "resolving the Debian kernel package with apt-cache");
+    const inputs = currentInputs(kind);
     const status = imageStatus(opts.dir, inputs);
     if (status.state === "current" && !opts.force) {
       say(`up to date: ${status.reason}`);
       return { ...status.image!, rebuilt: false };
     }
     if (status.state === "stale") say(`rebuilding: ${status.reason}`);
-    const kernel = ensureKernel(opts.dir, inputs, Boolean(opts.force), say);
-    say(`writing initramfs: nk-agent as /init, ${kernel.modules.length} modules, busybox`);
+    const kernel = await ensureKernel(opts.dir, inputs.kernel, Boolean(opts.force), say);
+    say(`writing initramfs: nk-agent as /init, busybox${kernel.modules.length ? `, ${kernel.modules.length} modules` : ""}`);
     const initramfsBytes = writeInitramfs(opts.dir, kernel);
     const stamp: ImageStamp = {
       inputs,
+      kernel: kind,
       release: kernel.release,
       modules: kernel.modules,
+      acpi: kind === "debian",
       vmlinuxBytes: statSync(p.vmlinux).size,
       initramfsBytes,
+      ...(kernel.buildSeconds !== undefined ? { kernelBuildSeconds: kernel.buildSeconds } : {}),
       builtAt: new Date().toISOString(),
     };
     writeAtomic(p.stamp, JSON.stringify(stamp, null, 2) + "\n");
-    say(`done: ${p.vmlinux} (${mib(stamp.vmlinuxBytes)}, ${kernel.release}), ${p.initramfs} (${mib(initramfsBytes)})`);
-    return { dir: opts.dir, vmlinux: p.vmlinux, initramfs: p.initramfs, stamp, rebuilt: true };
+    say(`done: ${p.vmlinux} (${mib(stamp.vmlinuxBytes)}, ${kernel.release}, ${kind} kernel), ${p.initramfs} (${mib(initramfsBytes)})`);
+    return { ...findImage(opts.dir)!, rebuilt: true };
   } finally {
     closeSync(lockFd);
   }
+}
+
+/** Work trees of a build that was killed (a kernel tree is ~1.5 GB); only called under the lock, so none is in use. */
+function removeAbandonedWork(dir: string): void {
+  for (const name of readdirSync(dir)) if (name.startsWith(".kernel-") || name.startsWith(".build-")) rmSync(join(dir, name), { recursive: true, force: true });
 }
 
 const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -200,52 +228,38 @@ function writeAtomic(path: string, data: string | Uint8Array): void {
   renameSync(`${path}.tmp`, path);
 }
 
-/** The kernel stage: download, unpack, extract vmlinux, pick the modules. Skipped when the package is unchanged. */
-function ensureKernel(dir: string, inputs: ImageInputs, force: boolean, say: (l: string) => void): KernelStamp {
+/** The kernel stage: skipped when its inputs are unchanged (an agent change only rewrites the initramfs). */
+async function ensureKernel(dir: string, inputs: KernelInputs, force: boolean, say: (l: string) => void): Promise<KernelStamp> {
   const p = imagePaths(dir);
   const old = readJson<KernelStamp>(p.kernelStamp);
-  if (
-    !force &&
-    old &&
-    JSON.stringify(old.kernel) === JSON.stringify(inputs.kernel) &&
-    old.wanted.join(",") === inputs.modules.join(",") &&
-    existsSync(p.vmlinux) &&
-    existsSync(p.modules)
-  ) {
+  const filesThere = existsSync(p.vmlinux) && (inputs.kind === "minimal" || existsSync(p.modules));
+  if (!force && old && filesThere && changedKernel(old.inputs, inputs).length === 0) {
     say(`kernel ${old.release} unchanged`);
     return old;
   }
-  const work = mkdtempSync(join(dir, ".build-"));
-  try {
-    const { name, version } = inputs.kernel;
-    say(`downloading ${name} ${version} (apt-get download)`);
-    run("apt-get", ["download", "-q", "-o", "APT::Sandbox::User=root", `${name}=${version}`], work);
-    const deb = readdirSync(work).find((f) => f.endsWith(".deb"));
-    if (!deb) throw new ImageError(`apt-get download ${name}=${version} left no .deb`);
-    const debPath = join(work, deb);
-    if (sha256File(debPath) !== inputs.kernel.sha256) throw new ImageError(`${deb}: SHA256 differs from apt's metadata`);
-    say(`unpacking ${deb} (dpkg-deb -x)`);
-    const tree = join(work, "tree");
-    run("dpkg-deb", ["-x", debPath, tree]);
-    const vmlinuz = readdirSync(join(tree, "boot")).find((f) => f.startsWith("vmlinuz-"));
-    if (!vmlinuz) throw new ImageError(`${deb} has no /boot/vmlinuz-*`);
-    const release = vmlinuz.slice("vmlinuz-".length);
-    say(`extracting vmlinux from ${vmlinuz} (LZ4 payload -> ELF)`);
-    const elf = extractVmlinux(readFileSync(join(tree, "boot", vmlinuz)));
-    const { load, builtin } = resolveModules(join(tree, "lib", "modules", release), inputs.modules);
-    say(`modules: ${load.map((m) => m.name).join(" ")}${builtin.length ? `; built in: ${builtin.join(" ")}` : ""}`);
-    const modulesNew = join(work, "modules");
-    mkdirSync(modulesNew);
-    load.forEach((m, i) => copyFileSync(m.path, join(modulesNew, `${String(i).padStart(2, "0")}-${m.name}.ko`)));
-    writeAtomic(p.vmlinux, elf);
+  let stamp: KernelStamp;
+  if (inputs.kind === "minimal") {
+    const built = await buildMinimalKernel(inputs, { workParent: dir, say, previousSteps: old?.buildSteps });
+    writeAtomic(p.vmlinux, built.vmlinux);
+    writeAtomic(p.kernelConfig, built.config);
     rmSync(p.modules, { recursive: true, force: true });
-    renameSync(modulesNew, p.modules);
-    const stamp: KernelStamp = { kernel: inputs.kernel, wanted: [...inputs.modules], release, modules: load.map((m) => m.name), builtin };
-    writeAtomic(p.kernelStamp, JSON.stringify(stamp, null, 2) + "\n");
-    return stamp;
-  } finally {
-    rmSync(work, { recursive: true, force: true });
+    stamp = { inputs, release: built.release, modules: [], builtin: [], buildSeconds: built.seconds, buildSteps: built.steps };
+  } else {
+    const work = mkdtempSync(join(dir, ".build-"));
+    try {
+      const modulesNew = join(work, "modules");
+      const built = buildDebianKernel(inputs, work, modulesNew, say);
+      writeAtomic(p.vmlinux, built.vmlinux);
+      rmSync(p.modules, { recursive: true, force: true });
+      renameSync(modulesNew, p.modules);
+      rmSync(p.kernelConfig, { force: true });
+      stamp = { inputs, release: built.release, modules: built.modules, builtin: built.builtin };
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   }
+  writeAtomic(p.kernelStamp, JSON.stringify(stamp, null, 2) + "\n");
+  return stamp;
 }
 
 function writeInitramfs(dir: string, kernel: KernelStamp): number {
@@ -255,15 +269,18 @@ function writeInitramfs(dir: string, kernel: KernelStamp): number {
     { kind: "dir", path: "dev" },
     { kind: "dir", path: "proc" },
     { kind: "dir", path: "sys" },
-    { kind: "dir", path: "modules" },
     { kind: "chardev", path: "dev/console", major: 5, minor: 1, mode: 0o600 },
     { kind: "file", path: "init", data: readFileSync(agentBinaryPath()), mode: 0o755 },
     { kind: "file", path: "bin/busybox", data: readFileSync(BUSYBOX), mode: 0o755 },
     { kind: "symlink", path: "bin/sh", target: "busybox" },
   ];
-  for (const f of readdirSync(p.modules).sort()) entries.push({ kind: "file", path: `modules/${f}`, data: readFileSync(join(p.modules, f)) });
-  if (entries.filter((e) => e.path.startsWith("modules/")).length !== kernel.modules.length) {
-    throw new ImageError(`${p.modules} does not match kernel.json: rebuild with --force`);
+  // The agent loads whatever /modules holds, in name order; the minimal kernel has none (and no /modules).
+  if (kernel.modules.length) {
+    entries.push({ kind: "dir", path: "modules" });
+    for (const f of readdirSync(p.modules).sort()) entries.push({ kind: "file", path: `modules/${f}`, data: readFileSync(join(p.modules, f)) });
+    if (entries.filter((e) => e.path.startsWith("modules/")).length !== kernel.modules.length) {
+      throw new ImageError(`${p.modules} does not match kernel.json: rebuild with --force`, "image-modules");
+    }
   }
   const cpio = writeCpio(entries);
   writeAtomic(p.initramfs, cpio);
