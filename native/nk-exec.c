@@ -341,6 +341,7 @@ static const struct op_info op_table[] = {
 	[OP_CONNECT_LISTENER] = {"CONNECT_LISTENER", PRE, "s", op_connect_listener},
 	[OP_OPEN_TREE] = {"OPEN_TREE", ANY, "s", op_open_tree},
 	[OP_MOVE_MOUNT] = {"MOVE_MOUNT", ANY, "s", op_move_mount},
+	[OP_UMOUNT] = {"UMOUNT", ANY, "s", op_umount},
 	[OP_WRITE_PROC_ATTR] = {"WRITE_PROC_ATTR", INIT, "ss", op_write_proc_attr},
 	[OP_NET_LINK_NETNS] = {"NET_LINK_NETNS", PARENT, "si", op_net_link_netns},
 	[OP_NET_LINK_SET] = {"NET_LINK_SET", INIT, "ssi", op_net_link_set},

@@ -105,6 +105,7 @@ int read_cap_last(void);
 int op_mount(const struct op *op);
 int op_open_tree(const struct op *op);
 int op_move_mount(const struct op *op);
+int op_umount(const struct op *op);
 int op_mount_in_root(const struct op *op);
 int op_remount_in_root(const struct op *op);
 int op_mknod_in_root(const struct op *op);

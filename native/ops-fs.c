@@ -267,6 +267,13 @@ int op_move_mount(const struct op *op)
 	return 0;
 }
 
+int op_umount(const struct op *op)
+{
+	if (umount2(op->arg[0], MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+		return fail(errno, "umount %s", op->arg[0]);
+	return 0;
+}
+
 int op_mount_in_root(const struct op *op)
 {
 	enum create_kind create = CREATE_NONE;

@@ -84,5 +84,6 @@
 #define OP_NET_ROUTE_ADD 66
 #define OP_OPEN_TREE 80
 #define OP_MOVE_MOUNT 81
+#define OP_UMOUNT 82
 
 #endif

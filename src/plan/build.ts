@@ -64,6 +64,8 @@ export interface PlanInput {
   rootfs: string;
   /** Where create made the exec fifo (the container's state directory). */
   fifoDir: string;
+  /** The fifo's name in fifoDir (default exec.fifo; a VM's guest holds one per container of a pod). */
+  fifoName?: string;
   consoleSocket?: string;
   noPivot: boolean;
   noNewKeyring: boolean;
@@ -152,7 +154,7 @@ export function buildContainerPlan(input: PlanInput): ContainerPlan {
   const mountLabel = lsm.selinux ? spec.linux?.mountLabel || undefined : undefined;
 
   // ---- Pre: host-side preparations, then join existing namespaces ----
-  b.pre(OpCode.FIFO_PREPARE, [input.fifoDir, "exec.fifo"], "create (exec fifo: start releases the container)");
+  b.pre(OpCode.FIFO_PREPARE, [input.fifoDir, input.fifoName ?? "exec.fifo"], "create (exec fifo: start releases the container)");
   const terminal: ContainerPlan["terminal"] = process.terminal
     ? input.consoleSocket
       ? "socket"

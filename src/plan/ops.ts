@@ -215,6 +215,8 @@ export const OpCode = {
   OPEN_TREE: 80,
   /** MOVE_MOUNT(target): attach the tree OPEN_TREE holds at target, in the current mount namespace (move_mount(2)). */
   MOVE_MOUNT: 81,
+  /** UMOUNT(target): umount2(target, MNT_DETACH) in the current mount namespace (a pod member's share entry, in virtiofsd's). */
+  UMOUNT: 82,
 
   // ---- VM guest network (native/ops-net.c, planned by src/vm/network.ts) ----
   /**

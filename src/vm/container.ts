@@ -108,6 +108,10 @@ export async function createVmContainer(
 ): Promise<ExecutorRun & { record: ContainerRecord }> {
   const { spec, bundle } = loaded;
   const id = validateContainerId(opts.id);
+  // A pod's further container joins the sandbox's VM (pod.ts).
+  const pod = await import("./pod.ts");
+  const sandbox = pod.findSandbox(ctx, spec);
+  if (sandbox) return pod.createVmMember(ctx, opts, loaded, sandbox, (p) => launchStandIn(ctx, p));
   checkVmSupport(spec, opts);
   const rootfs = realpathSync(resolvePath(bundle, spec.root!.path));
   const cache = vmCacheDir();
@@ -196,34 +200,7 @@ export async function createVmContainer(
     };
     writeLaunch(stateDir, launch);
 
-    const flags = [
-      ...(ctx.log.file ? ["--log", ctx.log.file] : []),
-      ...(ctx.log.format !== "text" ? ["--log-format", ctx.log.format] : []),
-      ...(ctx.log.debugEnabled ? ["--debug"] : []),
-    ];
-    // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
-    const host = spawn(cliPath(), [...flags, "vm", "host", stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
-    child = host;
-    const exited = new Promise<number>((resolve) => {
-      host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));
-      host.on("error", () => resolve(127));
-    });
-    // From here the host process stands for the container: a create killed midway is found by `delete --force`.
-    record.pid = host.pid!;
-    record.pidStartTime = readProcStat(host.pid!)?.startTime ?? "";
-    ctx.store.write(record);
-    const report = await readReport(host);
-    if (report.ready !== true) {
-      const message = typeof report.error === "string" ? report.error : `the VM host process exited (${await exited}) without a report`;
-      await exited;
-      throw new VmError(typeof report.code === "string" ? report.code : "vm-create-failed", `container ${id}: ${message}`);
-    }
-    record.phase = "created";
-    ctx.store.write(record);
-    ctx.tracer.runtime(`state ${stateDir}/state.json: created, host process ${record.pid} (guest init ${report.guestPid})`, "create");
-    if (opts.pidFile) writePidFile(opts.pidFile, record.pid);
-    if (!opts.foreground) host.unref();
-    return { initPid: record.pid, exited: opts.foreground ? exited : Promise.resolve(0), executor: host, record };
+    return await launchStandIn(ctx, { record, stateDir, verb: "host", opts, onChild: (c) => (child = c) });
   } catch (error) {
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     await destroyVm(stateDir);
@@ -232,6 +209,47 @@ export async function createVmContainer(
   } finally {
     lock.release();
   }
+}
+
+/**
+ * Start the process that stands for a VM-mode container (`vm host` for a
+ * container with its own VM, `vm member` for one that joins its pod's VM)
+ * and wait for its one-line report on fd 3. From then on its pid is the
+ * container's: in state.json, --pid-file, and the target of `kill`.
+ */
+export async function launchStandIn(
+  ctx: RuntimeContext,
+  p: { record: ContainerRecord; stateDir: string; verb: "host" | "member"; opts: CreateOptions; onChild: (child: ChildProcess) => void },
+): Promise<ExecutorRun & { record: ContainerRecord }> {
+  const { record, stateDir, opts } = p;
+  const flags = [
+    ...(ctx.log.file ? ["--log", ctx.log.file] : []),
+    ...(ctx.log.format !== "text" ? ["--log-format", ctx.log.format] : []),
+    ...(ctx.log.debugEnabled ? ["--debug"] : []),
+  ];
+  // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
+  const host = spawn(cliPath(), [...flags, "vm", p.verb, stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
+  p.onChild(host);
+  const exited = new Promise<number>((resolve) => {
+    host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));
+    host.on("error", () => resolve(127));
+  });
+  // From here the stand-in is the container: a create killed midway is found by `delete --force`.
+  record.pid = host.pid!;
+  record.pidStartTime = readProcStat(host.pid!)?.startTime ?? "";
+  ctx.store.write(record);
+  const report = await readReport(host);
+  if (report.ready !== true) {
+    const message = typeof report.error === "string" ? report.error : `the VM ${p.verb} process exited (${await exited}) without a report`;
+    await exited;
+    throw new VmError(typeof report.code === "string" ? report.code : "vm-create-failed", `container ${record.id}: ${message}`);
+  }
+  record.phase = "created";
+  ctx.store.write(record);
+  ctx.tracer.runtime(`state ${stateDir}/state.json: created, ${p.verb} process ${record.pid} (guest init ${report.guestPid})`, "create");
+  if (opts.pidFile) writePidFile(opts.pidFile, record.pid);
+  if (!opts.foreground) host.unref();
+  return { initPid: record.pid, exited: opts.foreground ? exited : Promise.resolve(0), executor: host, record };
 }
 
 function writePidFile(path: string, pid: number): void {
@@ -255,6 +273,8 @@ async function stop(ref: ProcRef | undefined): Promise<void> {
  * socket directory when that lives outside the state directory.
  */
 export async function destroyVm(stateDir: string): Promise<void> {
+  const pod = await import("./pod.ts");
+  if (pod.readMember(stateDir)) return pod.destroyMember(stateDir);
   const pids = readPids(stateDir);
   await stop(pids?.host);
   await stop(pids?.vmm);

@@ -12,6 +12,7 @@
  * cgroup's files (READ frames) and runs container mode's v2 stats readers on
  * them.
  */
+import { existsSync } from "node:fs";
 import { connect } from "node:net";
 import type { RuntimeContext } from "../linux/container.ts";
 import { containerStatus } from "../linux/container.ts";
@@ -26,7 +27,7 @@ import { readV2CpuStats, readV2IoStats, readV2MemoryStats, readV2OomKills } from
 import { readPidsStats } from "../cgroups/shared.ts";
 import { VmError } from "./driver.ts";
 import { guestCgroupOps } from "./guest-cgroup.ts";
-import { readLaunch, readPids } from "./launch.ts";
+import { memberPath, readJson, readLaunch, readPids } from "./launch.ts";
 import type { LinuxResources } from "../spec/types.ts";
 
 /** One Control request to the host process; resolves when it replied ok. */
@@ -55,9 +56,22 @@ export function controlRequest(socketPath: string, type: (typeof Control)["PAUSE
   });
 }
 
+/**
+ * pause/resume/update/stats act on the whole VM or its one cgroup: for a
+ * container that joined its pod sandbox's VM (pod.ts) that would be the
+ * sandbox's and every member's. Refused, naming the sandbox.
+ */
+function refuseForPodMember(ctx: RuntimeContext, id: string, verb: string): void {
+  const path = memberPath(ctx.store.dir(id));
+  if (!existsSync(path)) return;
+  const { sandboxId } = readJson<{ sandboxId: string }>(path);
+  throw new VmError("vm-pod-member", `${verb}: container ${id} runs in the VM of its pod sandbox ${sandboxId}, whose VM and cgroup it shares; ${verb} the sandbox instead`);
+}
+
 export async function pauseOrResumeVm(ctx: RuntimeContext, id: string, what: "pause" | "resume"): Promise<void> {
   const lock = ctx.store.lock(validateContainerId(id));
   try {
+    refuseForPodMember(ctx, id, what);
     const record = ctx.store.read(id);
     const status = containerStatus(ctx, record);
     if (what === "pause" && status !== "running" && status !== "created") throw new ContainerError("container-not-running", `container ${id} is not running (${status})`);
@@ -81,6 +95,7 @@ export function vmProcesses(ctx: RuntimeContext, record: ContainerRecord): numbe
 export async function updateVm(ctx: RuntimeContext, id: string, resources: LinuxResources, merge: (base: LinuxResources, change: LinuxResources) => LinuxResources): Promise<void> {
   const lock = ctx.store.lock(validateContainerId(id));
   try {
+    refuseForPodMember(ctx, id, "update");
     const record = ctx.store.read(id);
     const status = containerStatus(ctx, record);
     if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `container ${id} is ${status}`);
@@ -161,6 +176,7 @@ class FetchedControlFiles extends ControlFiles {
 }
 
 async function guestCgroupFiles(ctx: RuntimeContext, record: ContainerRecord): Promise<ControlFiles> {
+  refuseForPodMember(ctx, record.id, "events --stats");
   const socket = readLaunch(ctx.store.dir(record.id)).controlSocket;
   return new FetchedControlFiles(await readGuestFiles(socket, STATS_FILES.map((f) => `${GUEST_CGROUP}/${f}`)));
 }

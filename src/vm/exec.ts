@@ -23,6 +23,7 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import type { Process } from "../spec/types.ts";
 import { buildExecPlan } from "../plan/exec-plan.ts";
@@ -39,7 +40,7 @@ import { projectHome } from "../util/home.ts";
 import { encodeFrame, Frame, FrameReader, u32Payload, type FrameType } from "./channel.ts";
 import { GUEST_CGROUP, GUEST_FIFO_DIR } from "./config.ts";
 import { VmError } from "./driver.ts";
-import { readLaunch, readPids, replacer, reviver } from "./launch.ts";
+import { controlSocketOf, readPids, replacer, reviver } from "./launch.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 
 /** Everything a stand-in needs: computed by `exec`, carried out by it or by `vm exec-relay`. */
@@ -53,6 +54,12 @@ export interface VmExecRequest {
   trace: boolean;
   /** A plan of Pre ops only (no process: `update`'s cgroup writes): its exit status is the outcome. */
   oneShot?: boolean;
+  /**
+   * A container's init rather than an exec'd process (a pod member, pod.ts):
+   * once ready it waits on the guest fifo; the relay blocks on the host
+   * fifo as init would, and on `start` sends START.
+   */
+  start?: { hostFifo: string; guestFifo: string };
 }
 
 export interface VmExecOptions {
@@ -104,12 +111,11 @@ export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRe
   }
   const guestInit = readPids(stateDir)?.guestInit?.pid;
   if (!guestInit) throw new VmError("vm-not-ready", `container ${record.id}: its init in the guest is not known yet`);
-  const launch = readLaunch(stateDir);
   const guestConsole = terminal ? `${GUEST_FIFO_DIR}/tty-${randomBytes(6).toString("hex")}.sock` : undefined;
   const seccomp = await compileContainerSeccomp(record.spec, ctx, { id: record.id, bundle: record.bundle, listenerAllowed: false });
   const request: VmExecRequest = {
     id: record.id,
-    controlSocket: launch.controlSocket,
+    controlSocket: controlSocketOf(stateDir),
     ops: buildVmExecPlan({ process: opts.process, guestInit, spec: record.spec, guestConsole, seccomp }),
     guestConsole,
     consoleSocket: terminal ? opts.consoleSocket : undefined,
@@ -250,10 +256,24 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
         started = true;
         const at = request.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
         for (const op of request.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
-        log.debug(`vm ${request.id}: exec'd process runs in the guest (pid ${guestPid})`);
+        log.debug(`vm ${request.id}: ${request.start ? "container init is ready" : "exec'd process runs"} in the guest (pid ${guestPid})`);
         onStarted(guestPid);
-        relay.start();
+        if (!request.start) relay.start();
+        else void waitForStart(request.start);
       }
+    };
+
+    /** Like a container's init: block on the host's exec fifo until `start` opens it, then release the guest's. */
+    const waitForStart = async (fifos: { hostFifo: string; guestFifo: string }) => {
+      try {
+        const fifo = await open(fifos.hostFifo, "w");
+        await fifo.write("0");
+        await fifo.close();
+      } catch (e) {
+        return end(new VmError("start-failed", `exec fifo ${fifos.hostFifo}: ${(e as Error).message}`));
+      }
+      send(Frame.START, fifos.guestFifo);
+      relay.start();
     };
 
     const reader = new FrameReader((type, payload) => {

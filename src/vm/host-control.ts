@@ -22,8 +22,12 @@ import { pausedMarker } from "./launch.ts";
 
 const SIGKILL = 9;
 
-/** Frames a client may send for its session: everything an executor run takes, never START (init's, through the fifo). */
-const CLIENT_FRAMES = new Set<number>([Frame.CONSOLE, Frame.PLAN, Frame.SYNC, Frame.STDIN, Frame.SIGNAL, Frame.RESIZE, Frame.READ]);
+/**
+ * Frames a client may send for its session: everything an executor run
+ * takes. START releases a pod member's init (pod.ts) from its own guest
+ * fifo; the agent opens the path the session names, a fifo in /run/nk.
+ */
+const CLIENT_FRAMES = new Set<number>([Frame.CONSOLE, Frame.PLAN, Frame.SYNC, Frame.STDIN, Frame.SIGNAL, Frame.RESIZE, Frame.READ, Frame.START]);
 
 interface ClientSession {
   id: number;

@@ -5,7 +5,7 @@
  * in <state dir>/vm-pids.json, so `delete` can stop them even when the host
  * process itself was killed.
  */
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import type { PlanOp } from "../plan/ops.ts";
 import type { Hook } from "../spec/types.ts";
 import type { VmConfig } from "./driver.ts";
@@ -60,7 +60,11 @@ export const replacer = (_key: string, value: unknown) =>
 export const reviver = (_key: string, value: unknown) =>
   value && typeof value === "object" && "$b64" in value ? new Uint8Array(Buffer.from((value as { $b64: string }).$b64, "base64")) : value;
 
-function writeJsonAtomic(path: string, data: unknown): void {
+export function readJson<T>(path: string): T {
+  return JSON.parse(readFileSync(path, "utf8"), reviver) as T;
+}
+
+export function writeJsonAtomic(path: string, data: unknown): void {
   writeFileSync(`${path}.tmp`, JSON.stringify(data, replacer), { mode: 0o600 });
   renameSync(`${path}.tmp`, path);
 }
@@ -76,6 +80,15 @@ export function writeLaunch(stateDir: string, launch: VmLaunch): void {
 
 export function readLaunch(stateDir: string): VmLaunch {
   return JSON.parse(readFileSync(launchPath(stateDir), "utf8"), reviver) as VmLaunch;
+}
+
+/** A pod member's launch (pod.ts): present instead of vm.json when the container joined its sandbox's VM. */
+export const memberPath = (stateDir: string) => `${stateDir}/vm-member.json`;
+
+/** The control socket of the VM a container runs in: its own host process's, or its pod sandbox's. */
+export function controlSocketOf(stateDir: string): string {
+  if (existsSync(memberPath(stateDir))) return readJson<{ controlSocket: string }>(memberPath(stateDir)).controlSocket;
+  return readLaunch(stateDir).controlSocket;
 }
 
 export function writePids(stateDir: string, pids: VmPids): void {

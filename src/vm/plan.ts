@@ -39,6 +39,13 @@ export interface GuestPlanInput {
   isDirectory: (hostPath: string) => boolean;
   /** The client's network namespace as read by network.ts (the spec's network namespace path), if any. */
   network?: VmNetwork;
+  /**
+   * A further container of a pod joining the sandbox's VM (pod.ts): its share
+   * entries, exec fifo and console are named after it, the namespaces the
+   * spec names by path are the sandbox init's in the guest, and the VM's
+   * cgroup keeps the sandbox's limits.
+   */
+  podMember?: { name: string; sandboxGuestPid: number };
 }
 
 export interface GuestPlan {
@@ -46,8 +53,13 @@ export interface GuestPlan {
   shares: ShareEntry[];
   guestRootfs: string;
   guestFifo: string;
+  /** process.terminal: the guest socket the agent takes the pty master on. */
+  guestConsole?: string;
   notes: string[];
 }
+
+/** /proc/<pid>/ns/<file> for each namespace type. */
+const NS_FILE: Record<string, string> = { pid: "pid", network: "net", mount: "mnt", ipc: "ipc", uts: "uts", user: "user", cgroup: "cgroup", time: "time" };
 
 /** The guest socket on which the agent takes the pty master of session 0 (the container's init). */
 export const GUEST_INIT_CONSOLE = `${GUEST_FIFO_DIR}/tty-0.sock`;
@@ -78,14 +90,17 @@ export function checkVmSupport(spec: Spec, opts: { consoleSocket?: string; prese
 export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   const { spec } = input;
   const notes: string[] = [];
-  const shares: ShareEntry[] = [{ name: "rootfs", hostPath: input.rootfs, isDirectory: true }];
-  const guestRootfs = `${GUEST_SHARE_DIR}/rootfs`;
+  const member = input.podMember;
+  // Share entry names: one VM's share holds the entries of every container of its pod.
+  const shareName = (base: string) => (member ? `${member.name}-${base}` : base);
+  const shares: ShareEntry[] = [{ name: shareName("rootfs"), hostPath: input.rootfs, isDirectory: true }];
+  const guestRootfs = `${GUEST_SHARE_DIR}/${shareName("rootfs")}`;
   const guestIsDirectory = new Map<string, boolean>();
 
   const mounts: Mount[] = (spec.mounts ?? []).map((m, i) => {
     if (!parseMountOptions(m.options, m.type).bind) return m;
     const hostPath = m.source?.startsWith("/") ? m.source : `${input.bundle}/${m.source ?? ""}`;
-    const entry: ShareEntry = { name: `m${i}`, hostPath, isDirectory: input.isDirectory(hostPath) };
+    const entry: ShareEntry = { name: shareName(`m${i}`), hostPath, isDirectory: input.isDirectory(hostPath) };
     shares.push(entry);
     const guestPath = `${GUEST_SHARE_DIR}/${entry.name}`;
     guestIsDirectory.set(guestPath, entry.isDirectory);
@@ -97,6 +112,8 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   // network namespace's interfaces come with it (network.ts).
   const namespaces = (spec.linux?.namespaces ?? []).map((ns, i) => {
     if (!ns.path) return ns;
+    // In a pod, a path names the sandbox's namespace (CRI passes /proc/<pause pid>/ns/*): join the sandbox init's in the guest.
+    if (member) return { type: ns.type, path: `/proc/${member.sandboxGuestPid}/ns/${NS_FILE[ns.type]}` };
     if (!(ns.type === "network" && input.network)) notes.push(`linux.namespaces[${i}]: ${ns.type} namespace ${ns.path} is on the host; the guest makes a new one`);
     return { type: ns.type };
   });
@@ -104,14 +121,17 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   // the host process runs them; poststart and poststop are `start`'s and `delete`'s.
   const hooks = { prestart: spec.hooks?.prestart, createRuntime: spec.hooks?.createRuntime };
   const guestSpec: Spec = { ...spec, mounts, hooks, linux: { ...spec.linux, namespaces } };
+  const fifoName = member ? `${member.name}.fifo` : "exec.fifo";
+  const guestConsole = member ? `${GUEST_FIFO_DIR}/tty-${member.name}.sock` : GUEST_INIT_CONSOLE;
 
   const plan = buildContainerPlan({
     spec: guestSpec,
     bundle: input.bundle,
     rootfs: guestRootfs,
     fifoDir: GUEST_FIFO_DIR,
+    fifoName,
     // A terminal's master goes to the agent, which relays it to the host's pty.
-    consoleSocket: spec.process?.terminal ? GUEST_INIT_CONSOLE : undefined,
+    consoleSocket: spec.process?.terminal ? guestConsole : undefined,
     noPivot: input.noPivot,
     noNewKeyring: input.noNewKeyring,
     preserveFds: 0,
@@ -122,9 +142,20 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
     isDirectory: (p) => guestIsDirectory.get(p) ?? true,
   });
   // Limits apply in the guest's cgroup too (the device rules of runc's default spec are moot: the devices are the guest's).
-  const cgroup = guestCgroupOps(spec.linux?.resources);
+  // A pod member shares the VM's cgroup: its own limits would overwrite the sandbox's (the VM is sized from the sandbox).
+  const cgroup = guestCgroupOps(member ? undefined : spec.linux?.resources);
+  if (member && spec.linux?.resources && Object.keys(spec.linux.resources).some((k) => k !== "devices")) {
+    notes.push("linux.resources: not applied to a container that joins its pod's VM (the sandbox's limits size and bound the VM)");
+  }
   const ops = input.network ? withGuestNetwork(plan.ops, input.network) : plan.ops;
-  return { ops: [...cgroup.ops, ...ops], shares, guestRootfs, guestFifo: `${GUEST_FIFO_DIR}/exec.fifo`, notes: [...notes, ...cgroup.notes, ...plan.notes] };
+  return {
+    ops: [...cgroup.ops, ...ops],
+    shares,
+    guestRootfs,
+    guestFifo: `${GUEST_FIFO_DIR}/${fifoName}`,
+    guestConsole: spec.process?.terminal ? guestConsole : undefined,
+    notes: [...notes, ...cgroup.notes, ...plan.notes],
+  };
 }
 
 /**

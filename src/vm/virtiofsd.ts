@@ -6,7 +6,7 @@
  * vanish with virtiofsd and never show on the host (nothing to unmount, even
  * after a crash).
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CLONE, MS } from "../plan/constants.ts";
 import { OpCode, Section, type PlanOp } from "../plan/ops.ts";
@@ -111,13 +111,29 @@ export function tail(path: string, lines = 5): string {
  * the host's mount table stays untouched. This is how a container that joins
  * an already running VM (a pod's second container) gets its rootfs there.
  */
-export function sharePlan(virtiofsdPid: number, shareDir: string, entry: ShareEntry): PlanOp[] {
+export function sharePlan(virtiofsdPid: number, targetInNamespace: string, entry: ShareEntry): PlanOp[] {
   const op = (code: OpCode, args: (string | number)[], source: string): PlanOp => ({ code, section: Section.Pre, source, args: args.map(String) });
   return [
     op(OpCode.OPEN_TREE, [entry.hostPath], `vm: share ${entry.name}`),
     op(OpCode.SETNS, [`/proc/${virtiofsdPid}/ns/mnt`, "mnt"], "vm: virtiofsd's mount namespace"),
-    op(OpCode.MOVE_MOUNT, [join(shareDir, entry.name)], `vm: share ${entry.name}`),
+    op(OpCode.MOVE_MOUNT, [targetInNamespace], `vm: share ${entry.name}`),
   ];
+}
+
+/**
+ * Where a share entry is, seen from inside virtiofsd's mount namespace.
+ * virtiofsd sandboxes itself: QEMU's and the Rust one pivot_root into the
+ * shared directory, so after setns(2) into that namespace the share is "/".
+ * Without that sandbox the namespace's root is the host's and the path is
+ * the host's. Told apart by comparing virtiofsd's root with the share dir.
+ */
+export function shareTargetIn(virtiofsdPid: number, shareDir: string, name: string): string {
+  try {
+    const root = statSync(`/proc/${virtiofsdPid}/root`);
+    const share = statSync(shareDir);
+    if (root.dev === share.dev && root.ino === share.ino) return `/${name}`;
+  } catch {}
+  return join(shareDir, name);
 }
 
 export async function addShareEntry(virtiofsdPid: number, shareDir: string, entry: ShareEntry, tracer = new Tracer(false)): Promise<void> {
@@ -126,7 +142,7 @@ export async function addShareEntry(virtiofsdPid: number, shareDir: string, entr
   if (entry.isDirectory) mkdirSync(target, { recursive: true });
   else if (!existsSync(target)) writeFileSync(target, "");
   try {
-    await runPreOnlyPlan(sharePlan(virtiofsdPid, shareDir, entry), tracer);
+    await runPreOnlyPlan(sharePlan(virtiofsdPid, shareTargetIn(virtiofsdPid, shareDir, entry.name), entry), tracer);
   } catch (e) {
     throw new VmError("share-failed", `cannot share ${entry.hostPath} with the VM: ${(e as Error).message}`);
   }

@@ -11,6 +11,7 @@ const USAGE = `check [--probe] [--format text|json] | build-image [--kernel mini
                from Debian's linux-source-6.1 with src/vm/image/guest-kernel.config (minutes, once; the fast
                one to boot); --kernel debian: Debian's stock cloud kernel and its modules (no compiling)
   host DIR     (internal) the host process of a VM-mode container; create starts it
+  member DIR   (internal) the stand-in of a container that joined its pod sandbox's VM
   exec-relay F (internal) the stand-in of an \`exec -d\` process; exec starts it`;
 
 const vm: Verb = {
@@ -48,6 +49,11 @@ const vm: Verb = {
         if (rest.length !== 1) throw new UsageError(`"vm host" requires exactly 1 argument (the container's state directory)`);
         const { runHost } = await import("../../vm/host.ts");
         return runHost(rest[0]!, global.log);
+      }
+      case "member": {
+        if (rest.length !== 1) throw new UsageError(`"vm member" requires exactly 1 argument (the container's state directory)`);
+        const { runMember } = await import("../../vm/pod.ts");
+        return runMember(rest[0]!, global.log);
       }
       case "exec-relay": {
         if (rest.length !== 1) throw new UsageError(`"vm exec-relay" requires exactly 1 argument (the request file)`);
