@@ -15,6 +15,7 @@
  */
 import { join } from "node:path";
 import type { Process, LinuxResources } from "../spec/types.ts";
+import type { CgroupStats } from "../cgroups/index.ts";
 import { createContainer, deleteContainer, reopenRecordCgroup, startContainer, type RuntimeContext } from "../linux/container.ts";
 import { execInContainer } from "../linux/exec.ts";
 import { containerProcesses, pauseContainer, resumeContainer, updateContainer } from "../linux/operations.ts";
@@ -54,6 +55,8 @@ interface Proc {
   stdio?: ProcessIO;
   run?: ExecutorRun;
   spec?: Process;
+  /** An exec in a VM-mode task: its pid is a guest pid, signals go through its channel session. */
+  signalGuest?: (signo: number) => boolean;
 }
 
 interface Task {
@@ -236,6 +239,10 @@ export class TaskService {
         this.watchOom(task);
       } else {
         if (task.init.status === "stopped") throw grpc(Code.FAILED_PRECONDITION, `task ${task.id} has stopped`);
+        if (this.ctx.store.read(task.id).mode === "vm") {
+          await this.startVmExec(task, proc);
+          return m.encodePidResponse(proc.pid);
+        }
         proc.stdio = ProcessIO.open(proc.io);
         let run: ExecutorRun;
         try {
@@ -262,6 +269,44 @@ export class TaskService {
       done();
       proc.starting = undefined;
     }
+  }
+
+  /**
+   * An exec in a VM-mode task runs in a channel session of the task's VM
+   * (src/vm/exec.ts), relayed by the shim itself: no stand-in process. Its
+   * pid is the guest's (the only pid it has), and Kill goes through the
+   * session.
+   */
+  private async startVmExec(task: Task, proc: Proc): Promise<void> {
+    if (proc.io.terminal) throw grpc(Code.UNIMPLEMENTED, `${describe(proc)}: a terminal for an exec in a VM-mode task is not supported by the nano-kata shim yet`);
+    const { prepareVmExec, runExecRelay } = await import("../vm/exec.ts");
+    const request = await prepareVmExec(this.ctx, this.ctx.store.read(task.id), { process: proc.spec!, preserveFds: 0, detach: false, ignorePaused: false });
+    proc.stdio = ProcessIO.open(proc.io);
+    const [input, output, errors] = proc.stdio.stdio;
+    // "ignore": a write to fd -1 fails quietly in the relay, as to a closed pipe.
+    const fd = (s: number | "ignore") => (typeof s === "number" ? s : -1);
+    let started!: (pid: number) => void;
+    let failed!: (e: unknown) => void;
+    const running = new Promise<number>((resolve, reject) => ((started = resolve), (failed = reject)));
+    const exited = runExecRelay(request, this.ctx.log, (pid) => started(pid), {
+      stdio: { input: typeof input === "number" ? input : undefined, output: fd(output), errors: fd(errors) },
+      forwardSignals: false,
+      signaller: (signal) => (proc.signalGuest = signal),
+    });
+    exited.catch(failed);
+    try {
+      proc.pid = await running;
+    } catch (e) {
+      proc.stdio.close();
+      proc.stdio = undefined;
+      throw e;
+    }
+    proc.status = "running";
+    this.opts.publisher.publish({ topic: "/tasks/exec-started", containerId: task.id, execId: proc.execId, pid: proc.pid });
+    exited.then(
+      (code) => this.onExit(task, proc, code),
+      () => this.onExit(task, proc, 255),
+    );
   }
 
   private async onExit(task: Task, proc: Proc, code: number): Promise<void> {
@@ -403,6 +448,10 @@ export class TaskService {
         return EMPTY;
       }
     }
+    if (proc.signalGuest) {
+      if (!proc.signalGuest(r.signal)) throw grpc(Code.NOT_FOUND, `${describe(proc)}: process already finished`);
+      return EMPTY;
+    }
     try {
       process.kill(proc.pid, r.signal);
     } catch (e) {
@@ -464,23 +513,23 @@ export class TaskService {
     return m.encodePidsResponse(containerProcesses(this.ctx, id).map((pid) => ({ pid })));
   }
 
-  pause(id: string): Uint8Array {
+  async pause(id: string): Promise<Uint8Array> {
     const task = this.task(id);
-    pauseContainer(this.ctx, id);
+    await pauseContainer(this.ctx, id);
     task.paused = true;
     this.opts.publisher.publish({ topic: "/tasks/paused", containerId: id });
     return EMPTY;
   }
 
-  resume(id: string): Uint8Array {
+  async resume(id: string): Promise<Uint8Array> {
     const task = this.task(id);
-    resumeContainer(this.ctx, id);
+    await resumeContainer(this.ctx, id);
     task.paused = false;
     this.opts.publisher.publish({ topic: "/tasks/resumed", containerId: id });
     return EMPTY;
   }
 
-  update(r: m.UpdateTaskRequest): Uint8Array {
+  async update(r: m.UpdateTaskRequest): Promise<Uint8Array> {
     this.task(r.id);
     if (!r.resources) return EMPTY;
     let resources: LinuxResources;
@@ -489,7 +538,7 @@ export class TaskService {
     } catch (e) {
       throw grpc(Code.INVALID_ARGUMENT, `update: the resources are not JSON (${r.resources.typeUrl}): ${(e as Error).message}`);
     }
-    updateContainer(this.ctx, r.id, resources);
+    await updateContainer(this.ctx, r.id, resources);
     return EMPTY;
   }
 
@@ -499,9 +548,14 @@ export class TaskService {
     return m.encodeWaitResponse({ exitStatus: proc.exitStatus, exitedAt: proc.exitedAt });
   }
 
-  stats(id: string): Uint8Array {
+  async stats(id: string): Promise<Uint8Array> {
     this.task(id);
     const record = this.ctx.store.read(id);
+    if (record.mode === "vm") {
+      // The guest's cgroup v2, read through the VM's channel (a pod member has none of its own: refused, naming its sandbox).
+      const { vmStats } = await import("../vm/control.ts");
+      return m.encodeStatsResponse(encodeMetricsV2((await vmStats(this.ctx, id)).data as CgroupStats));
+    }
     const cgroup = reopenRecordCgroup(record);
     if (!cgroup) throw grpc(Code.NOT_FOUND, `task ${id} has no cgroup`);
     const unifiedOnly = Object.keys(cgroup.paths).every((k) => k === "unified");

@@ -225,10 +225,14 @@ export async function launchStandIn(
   const flags = [
     ...(ctx.log.file ? ["--log", ctx.log.file] : []),
     ...(ctx.log.format !== "text" ? ["--log-format", ctx.log.format] : []),
-    ...(ctx.log.debugEnabled ? ["--debug"] : []),
+    // Without a log file the stand-in logs to its stderr, which is the container's: given the container's own
+    // streams (the shim's fifos), keep debug chatter out of them.
+    ...(ctx.log.debugEnabled && (ctx.log.file || !opts.stdio) ? ["--debug"] : []),
   ];
+  // The container's stdio: the caller's own, or what it was given (the shim: containerd's fifos).
+  const stdio = opts.stdio ? [...opts.stdio] : ["inherit", "inherit", "inherit"];
   // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
-  const host = spawn(cliPath(), [...flags, "vm", p.verb, stateDir], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
+  const host = spawn(cliPath(), [...flags, "vm", p.verb, stateDir], { stdio: [...stdio, "pipe"] as never, detached: true });
   p.onChild(host);
   const exited = new Promise<number>((resolve) => {
     host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));

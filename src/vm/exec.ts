@@ -97,8 +97,8 @@ export function buildVmExecPlan(input: { process: Process; guestInit: number; sp
   return [joinCgroup, ...plan.ops];
 }
 
-/** `exec` for a VM-mode container; resolves with exec's exit code. */
-export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRecord, opts: VmExecOptions): Promise<number> {
+/** Check that `exec` can run in this VM-mode container now and compute its request (plan, sockets). */
+export async function prepareVmExec(ctx: RuntimeContext, record: ContainerRecord, opts: Omit<VmExecOptions, "pidFile">): Promise<VmExecRequest> {
   const stateDir = ctx.store.dir(record.id);
   const status = containerStatus(ctx, record);
   if (status === "stopped" || status === "creating") throw new ContainerError("container-not-running", `cannot exec in a stopped container: ${record.id}`);
@@ -121,6 +121,13 @@ export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRe
     consoleSocket: terminal ? opts.consoleSocket : undefined,
     trace: ctx.tracer.enabled,
   };
+  return request;
+}
+
+/** `exec` for a VM-mode container; resolves with exec's exit code. */
+export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRecord, opts: VmExecOptions): Promise<number> {
+  const stateDir = ctx.store.dir(record.id);
+  const request = await prepareVmExec(ctx, record, opts);
   if (!opts.detach) {
     return runExecRelay(request, ctx.log, () => {
       if (opts.pidFile) writePidFile(opts.pidFile, process.pid);
@@ -185,15 +192,25 @@ function connectControl(path: string, id: string): Promise<Socket> {
   });
 }
 
+/** How runExecRelay is embedded: a stand-in process (the defaults) or a long-running shim serving many. */
+export interface RelayHost {
+  /** The process's stdio on the host (default: our own fds 0, 1, 2). */
+  stdio?: SessionStdio;
+  /** Relay the signals this process receives (default true; a shim receives its own). */
+  forwardSignals?: boolean;
+  /** Hands over a function that signals the guest process (false before it has a pid). */
+  signaller?: (signal: (signo: number) => boolean) => void;
+}
+
 /**
  * Stand for one exec'd process: run its plan in a channel session, relay its
  * stdio and our signals, resolve with its exit status. Rejects if it never
  * started (the failed op's message, with its config.json field).
  */
-export async function runExecRelay(request: VmExecRequest, log: Logger, onStarted: (guestPid: number) => void): Promise<number> {
+export async function runExecRelay(request: VmExecRequest, log: Logger, onStarted: (guestPid: number) => void, host: RelayHost = {}): Promise<number> {
   const tracer = new Tracer(request.trace);
   const socket = await connectControl(request.controlSocket, request.id);
-  let io: SessionStdio = { input: 0, output: 1, errors: 2 };
+  let io: SessionStdio = host.stdio ?? { input: 0, output: 1, errors: 2 };
   let windowSize: ((fd: number) => { rows: number; cols: number }) | undefined;
   let restoreTerminal: (() => void) | undefined;
   if (request.guestConsole) {
@@ -218,7 +235,12 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
     let failure: VmError | undefined;
     let syncBuffer = "";
     let done = false;
-    const handlers = FORWARDED.map((name) => {
+    host.signaller?.((signo) => {
+      if (!guestPid) return false;
+      send(Frame.SIGNAL, u32Payload(guestPid, signo));
+      return true;
+    });
+    const handlers = (host.forwardSignals === false ? [] : FORWARDED).map((name) => {
       const handler = () => {
         if (guestPid) send(Frame.SIGNAL, u32Payload(guestPid, signalNumber(name)!));
       };

@@ -51,7 +51,10 @@ export function guestCgroupOps(resources: LinuxResources | undefined): { ops: Pl
   ].filter(Boolean);
   if (ignored.length) notes.push(`linux.resources: not applied in the guest: ${ignored.join(", ")}`);
 
-  const controllers = [...new Set(io.writes.map((w) => w.path.slice(GUEST_CGROUP.length + 1).split(".")[0]!))].filter((c) => c !== "cgroup");
+  // memory and pids always, for accounting: `events --stats` and the shim's metrics read memory.current and
+  // pids.current, which exist only where the controller is enabled. Both guest kernels have them.
+  const written = io.writes.map((w) => w.path.slice(GUEST_CGROUP.length + 1).split(".")[0]!);
+  const controllers = [...new Set(["memory", "pids", ...written])].filter((c) => c !== "cgroup");
   const op = (path: string, content: string, source: string): PlanOp => ({ code: OpCode.WRITE_FILE, section: Section.Pre, args: [path, content], source });
   const ops: PlanOp[] = [];
   if (controllers.length) ops.push(op(`${CGROUP_ROOT}/cgroup.subtree_control`, controllers.map((c) => `+${c}`).join(" "), "linux.resources (guest: enable controllers)"));

@@ -527,7 +527,7 @@ describe("linux.resources in the guest's cgroup v2", () => {
     });
     expect(ops.every((o) => o.code === OpCode.WRITE_FILE && o.section === Section.Pre)).toBe(true);
     expect(ops.map((o) => [o.args[0], o.args[1], o.source])).toEqual([
-      ["/sys/fs/cgroup/cgroup.subtree_control", "+memory +cpu +pids", "linux.resources (guest: enable controllers)"],
+      ["/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids +cpu", "linux.resources (guest: enable controllers)"],
       ["/sys/fs/cgroup/nk/memory.swap.max", String(32 << 20), "linux.resources.memory.swap"],
       ["/sys/fs/cgroup/nk/memory.max", String(64 << 20), "linux.resources.memory.limit"],
       ["/sys/fs/cgroup/nk/cpu.weight", "39", "linux.resources.cpu.shares"],
@@ -538,10 +538,14 @@ describe("linux.resources in the guest's cgroup v2", () => {
     expect(notes).toEqual(["linux.resources: not applied in the guest: cpu.cpus/mems (host CPU numbers; the VM's vCPU count comes from them)"]);
   });
 
-  test("without limits the container still gets its own cgroup; the plan starts there", () => {
-    expect(guestCgroupOps(undefined).ops.map((o) => o.args)).toEqual([["/sys/fs/cgroup/nk/cgroup.procs", "0"]]);
+  test("without limits the container still gets its own cgroup, with memory and pids accounting; the plan starts there", () => {
+    const expected = [
+      ["/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids"],
+      ["/sys/fs/cgroup/nk/cgroup.procs", "0"],
+    ];
+    expect(guestCgroupOps(undefined).ops.map((o) => o.args)).toEqual(expected);
     const plan = buildGuestPlan({ spec: spec(), bundle: "/b", rootfs: "/b/rootfs", containerId: "c", noPivot: false, noNewKeyring: false, isDirectory: () => true });
-    expect(plan.ops[0]!.args).toEqual(["/sys/fs/cgroup/nk/cgroup.procs", "0"]);
+    expect(plan.ops.slice(0, 2).map((o) => o.args)).toEqual(expected);
     expect(plan.ops.findIndex((o) => o.code === OpCode.CLONE)).toBeGreaterThan(0);
   });
 });
