@@ -118,6 +118,9 @@ export class TaskService {
       store: new StateStore(opts.stateRoot),
       log: new Logger(undefined, "text", opts.debug),
       tracer: new Tracer(false),
+      // containerd-shim-nanokata-vm-v2 (runtime_type io.containerd.nanokata-vm.v2): VM mode for every container
+      // (the io.nanokata.mode annotation still wins, as with --mode).
+      mode: process.env.NK_SHIM_MODE === "vm" ? "vm" : undefined,
     };
   }
 

@@ -14,12 +14,16 @@
  *     `ctr -n k8s.io images import` together with the busybox test image, so
  *     nothing is pulled;
  *   - the overlayfs snapshotter (the default, which works on this host);
- *   - CNI pointed at two empty private directories. Pods here use the node's
- *     network (NamespaceOption network = NODE), for which the CRI plugin never
- *     calls CNI; it only logs at start that it found no network config, and
- *     reports NetworkReady=false, which does not stop host-network pods.
+ *   - CNI pointed at two private directories, empty unless the caller asks
+ *     for a pod network. Host-network pods (NamespaceOption network = NODE)
+ *     need none: the CRI plugin never calls CNI for them; it only logs at
+ *     start that it found no network config, and reports NetworkReady=false,
+ *     which does not stop host-network pods. With `podNetwork` the daemon
+ *     runs in a network namespace of its own and its pods get a CNI bridge
+ *     network there (Debian's containernetworking-plugins), so nothing is
+ *     configured in the host's namespace.
  */
-import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BUSYBOX_PATH, repoRoot } from "../helpers/rootfs.ts";
 import { buildImageArchive, buildOciArchive, startContainerd, type Containerd } from "./shim-containerd.ts";
@@ -73,6 +77,28 @@ export function criConfigToml(dir: string, handlers: string): string {
   ].join("\n");
 }
 
+export const CNI_PLUGINS = "/usr/lib/cni";
+export const POD_SUBNET = "10.213.40.0/24";
+
+/** A CNI bridge network (bridge + host-local IPAM, state in the daemon's directory) for pods with their own network. */
+function writeBridgeNetwork(dir: string): void {
+  for (const plugin of ["bridge", "host-local", "loopback"]) symlinkSync(join(CNI_PLUGINS, plugin), join(dir, "cni", "bin", plugin));
+  const network = {
+    cniVersion: "0.4.0",
+    name: "nk-pods",
+    plugins: [
+      {
+        type: "bridge",
+        bridge: "nk-cni0",
+        isGateway: true,
+        ipMasq: false,
+        ipam: { type: "host-local", dataDir: join(dir, "cni", "ipam"), ranges: [[{ subnet: POD_SUBNET }]], routes: [{ dst: "0.0.0.0/0" }] },
+      },
+    ],
+  };
+  writeFileSync(join(dir, "cni", "net.d", "10-nk-pods.conflist"), JSON.stringify(network, null, 2));
+}
+
 /** The pause image's tree: busybox as /bin/sleep and the directories a runtime mounts onto. */
 function pauseRootfs(dir: string): string {
   const root = join(dir, "pause-rootfs");
@@ -85,12 +111,15 @@ function pauseRootfs(dir: string): string {
  * Start the daemon. `handlers` is TOML with the runtime handler tables under
  * test; the shim is installed as a symlink on the daemon's PATH.
  */
-export async function startCriContainerd(handlers: string): Promise<CriContainerd> {
+export async function startCriContainerd(handlers: string, opts: { env?: Record<string, string>; podNetwork?: { enter: string[] } } = {}): Promise<CriContainerd> {
   const c = await startContainerd({
     shimLink: true,
+    env: opts.env,
+    enter: opts.podNetwork?.enter,
     criConfig: (dir) => {
       mkdirSync(join(dir, "cni", "bin"), { recursive: true });
       mkdirSync(join(dir, "cni", "net.d"), { recursive: true });
+      if (opts.podNetwork) writeBridgeNetwork(dir);
       return criConfigToml(dir, handlers);
     },
   });

@@ -12,12 +12,15 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmdirSync } from "node:fs";
+import { release } from "node:os";
 import { join } from "node:path";
 import { cgroupHierarchies } from "../helpers/runtime.ts";
 import { repoRoot } from "../helpers/rootfs.ts";
 import { ContainerState, CriClient, CriError, NamespaceMode, PodSandboxState, type ContainerConfig, type PodSandboxConfig } from "./cri-client.ts";
-import { CRI_NAMESPACE, HANDLER_BY_PATH, PAUSE_IMAGE, startCriContainerd, type CriContainerd } from "./cri-containerd.ts";
+import { CRI_NAMESPACE, HANDLER_BY_PATH, PAUSE_IMAGE, POD_SUBNET, startCriContainerd, type CriContainerd } from "./cri-containerd.ts";
 import { containerdAvailable, IMAGE, isDirEmpty, shimProcesses } from "./shim-containerd.ts";
+import { startNetnsHolder, type NetnsHolder } from "./daemons.ts";
+import { ensureVmImage, processesNaming, VM_CACHE, vmSkipReason } from "./vm-helpers.ts";
 
 const skip = containerdAvailable();
 const d = skip ? describe.skip : describe;
@@ -39,6 +42,8 @@ interface DocSnippets {
   handlerByAbsolutePath: string;
   /** The RuntimeClass `handler:`. */
   runtimeClassHandler: string;
+  /** VM mode: the `ln -s` line of the VM shim, its handler table, its RuntimeClass `handler:`. */
+  vm: { link: string; handler: string; runtimeClassHandler: string };
 }
 
 const SECTION_TITLE = "Use with containerd (shim v2) and Kubernetes";
@@ -78,13 +83,21 @@ function readDocSnippets(): DocSnippets {
   if (!blocks) throw new Error(`docs/shim.md has no section '${SECTION_TITLE}'`);
   const shLines = blocks.filter((b) => b.lang === "sh").flatMap((b) => b.body.split("\n").map((l) => l.trim()).filter(Boolean));
   const tomls = blocks.filter((b) => b.lang === "toml" && b.body.includes("runtimes.nanokata]")).map((b) => b.body);
-  const yaml = blocks.find((b) => b.lang === "yaml" && b.body.includes("kind: RuntimeClass"));
-  const handler = /^handler:\s*(\S+)\s*$/m.exec(yaml?.body ?? "")?.[1];
+  const classes = blocks.filter((b) => b.lang === "yaml" && b.body.includes("kind: RuntimeClass")).map((b) => /^handler:\s*(\S+)\s*$/m.exec(b.body)?.[1]);
+  const [handler, vmHandler] = classes;
   const byName = tomls.find((t) => t.includes('runtime_type = "io.containerd.nanokata.v2"'));
   const byPath = tomls.find((t) => t.includes(`runtime_type = "${DOC_PLACEHOLDER_ROOT}/bin/${SHIM_NAME}"`));
-  const link = shLines.find((l) => l.startsWith("ln -s "));
-  if (!byName || !byPath || !handler || !link) throw new Error("docs/shim.md: a snippet the CRI test reads is missing");
-  return { link, ctrRuns: shLines.filter((l) => l.startsWith("ctr run ")), handlerByName: byName, handlerByAbsolutePath: byPath, runtimeClassHandler: handler };
+  const vmTable = blocks.find((b) => b.lang === "toml" && b.body.includes('runtime_type = "io.containerd.nanokata-vm.v2"'))?.body;
+  const [link, vmLink] = shLines.filter((l) => l.startsWith("ln -s "));
+  if (!byName || !byPath || !handler || !link || !vmTable || !vmHandler || !vmLink) throw new Error("docs/shim.md: a snippet the CRI test reads is missing");
+  return {
+    link,
+    ctrRuns: shLines.filter((l) => l.startsWith("ctr run ")),
+    handlerByName: byName,
+    handlerByAbsolutePath: byPath,
+    runtimeClassHandler: handler,
+    vm: { link: vmLink, handler: vmTable, runtimeClassHandler: vmHandler },
+  };
 }
 
 /** The handler name the absolute-path table gets here (both tables are `runtimes.nanokata` in the doc). */
@@ -441,4 +454,117 @@ d("Kubernetes CRI through containerd's socket, runtime handler from docs/shim.md
     expect(leftCgroups()).toEqual([]);
     expect(await cri.listContainers()).toEqual([]);
   }, 30_000);
+});
+
+// ------------------------------------------------------------ VM mode: one microVM per pod
+
+const vmSkip = skip ?? vmSkipReason();
+if (vmSkip && !skip) console.log(`CRI VM-mode e2e skipped: ${vmSkip}`);
+
+(vmSkip ? describe.skip : describe)("Kubernetes CRI: a pod in one microVM (docs/shim.md's nanokata-vm RuntimeClass)", () => {
+  let vc: CriContainerd;
+  let vcri: CriClient;
+  let holder: NetnsHolder;
+  let vdocs: DocSnippets;
+  let imageError = "";
+  const pods: string[] = [];
+  const groups: string[] = [];
+  const ourVmShims = () => shimProcesses().filter((p) => p.cmdline.includes(vc.address)).map((p) => p.pid);
+  // A pod's VM: qemu, started by the VM's host process, whose parent is our shim (a long
+  // sandbox id moves the VM's sockets to a short directory, so its command line need not name vc.dir).
+  const ppid = (pid: number) => Number(/^\d+ \(.*\) \S (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] ?? 0);
+  const ourQemus = () => {
+    const shims = new Set(ourVmShims());
+    return processesNaming("qemu-system-x86_64")
+      .map((line) => Number(line.split(":")[0]))
+      .filter((pid) => {
+        try {
+          return shims.has(ppid(ppid(pid)));
+        } catch {
+          return false;
+        }
+      });
+  };
+
+  beforeAll(async () => {
+    imageError = ensureVmImage();
+    vdocs = readDocSnippets();
+    // The pods' CNI bridge lives in a network namespace of the test's, never in the host's.
+    holder = await startNetnsHolder();
+    vc = await startCriContainerd(vdocs.vm.handler, { env: { NK_VM_CACHE: VM_CACHE }, podNetwork: { enter: holder.enter } });
+    vcri = await CriClient.connect(vc.criSocket);
+  }, 600_000);
+
+  afterAll(async () => {
+    for (const id of pods) {
+      await vcri?.stopPodSandbox(id).catch(() => {});
+      await vcri?.removePodSandbox(id).catch(() => {});
+    }
+    vcri?.close();
+    await vc?.stop();
+    await holder?.stop();
+    for (const g of groups) for (const h of cgroupHierarchies()) {
+      try {
+        rmdirSync(join(h, "nano-kata-test", g));
+      } catch {}
+    }
+  }, 120_000);
+
+  test("the pod's containers run in the sandbox's VM, on the pod's CNI network; nothing is left", async () => {
+    expect(imageError).toBe("");
+    expect(vdocs.vm.link).toBe(`ln -s ${DOC_PLACEHOLDER_ROOT}/bin/containerd-shim-nanokata-vm-v2 /usr/local/bin/containerd-shim-nanokata-vm-v2`);
+    expect(vdocs.vm.runtimeClassHandler).toBe("nanokata-vm");
+    const group = `nk-cri-vm-${process.pid}`;
+    groups.push(group);
+    const logDirectory = join(vc.dir, "pod-logs", "vm-pod");
+    mkdirSync(logDirectory, { recursive: true });
+    const own = { namespaces: { network: NamespaceMode.POD, pid: NamespaceMode.CONTAINER, ipc: NamespaceMode.POD } };
+    const config: PodSandboxConfig = {
+      metadata: { name: "vm-pod", uid: `uid-vm-${process.pid}`, namespace: "nk-test" },
+      hostname: "vm-pod",
+      logDirectory,
+      linux: { cgroupParent: `/nano-kata-test/${group}`, namespaces: own.namespaces },
+    };
+    const podId = await vcri.runPodSandbox(config, vdocs.vm.runtimeClassHandler);
+    pods.push(podId);
+    expect((await vcri.podSandboxStatus(podId)).state).toBe(PodSandboxState.READY);
+    const qemus = ourQemus();
+    expect(qemus).toHaveLength(1);
+
+    const show = ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; uname -r; hostname; ip -4 -o addr show eth0"];
+    const first = await vcri.createContainer(podId, { metadata: { name: "first" }, image: IMAGE, command: show, logPath: "first.log", linux: own }, config);
+    const second = await vcri.createContainer(podId, { metadata: { name: "second" }, image: IMAGE, command: show, logPath: "second.log", linux: own }, config);
+    await vcri.startContainer(first);
+    await vcri.startContainer(second);
+    const firstExit = await (async () => {
+      let s = await vcri.containerStatus(first);
+      await until(async () => (s = await vcri.containerStatus(first)).state === ContainerState.EXITED, 60_000, "the first container to exit");
+      return s;
+    })();
+    await until(async () => (await vcri.containerStatus(second)).state === ContainerState.EXITED, 60_000, "the second container to exit");
+    expect(firstExit.exitCode).toBe(0);
+    // Still one VM: the containers joined the sandbox's.
+    expect(ourQemus()).toEqual(qemus);
+    expect(ourVmShims()).toHaveLength(1);
+
+    const lines = (name: string) => parseCriLog(join(logDirectory, `${name}.log`)).filter((l) => l.stream === "stdout").map((l) => l.text);
+    const [bootA, kernel, hostname, addr] = lines("first");
+    const [bootB] = lines("second");
+    expect(bootA).toMatch(/^[0-9a-f-]{36}$/);
+    expect(bootB).toBe(bootA!); // one guest kernel boot
+    expect(kernel).not.toBe(release());
+    expect(hostname).toBe("vm-pod"); // the sandbox's uts namespace, joined in the guest
+    // The pod's CNI address, on the VM's network card (it mirrors the pod's eth0).
+    expect(addr).toContain(`inet ${POD_SUBNET.split(".").slice(0, 3).join(".")}.`);
+
+    await vcri.removeContainer(first);
+    await vcri.removeContainer(second);
+    await vcri.stopPodSandbox(podId);
+    await vcri.removePodSandbox(podId);
+    pods.splice(pods.indexOf(podId), 1);
+    await until(() => ourVmShims().length === 0 && !processAlive(qemus[0]!), 30_000, "the shim and the VM to exit");
+    expect(isDirEmpty(join(vc.shimRoot, CRI_NAMESPACE))).toBe(true);
+    expect(isDirEmpty(join(vc.dir, "state", "io.containerd.runtime.v2.task", CRI_NAMESPACE))).toBe(true);
+    expect(mountsUnder(vc.dir)).toEqual([]);
+  }, 300_000);
 });

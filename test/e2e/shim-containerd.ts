@@ -165,6 +165,12 @@ export interface StartOptions {
    * disabled.
    */
   criConfig?: (dir: string) => string;
+  /**
+   * A command prefix that puts the daemon in another network namespace
+   * (NetnsHolder.enter): the CNI networks of its pods then live there, never
+   * in the host's.
+   */
+  enter?: string[];
 }
 
 export async function startContainerd(opts: StartOptions = {}): Promise<Containerd> {
@@ -203,9 +209,10 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   } else if (opts.shimLink) {
     bin = join(dir, "bin");
     mkdirSync(bin);
-    symlinkSync(join(repoRoot(), "bin", "containerd-shim-nanokata-v2"), join(bin, "containerd-shim-nanokata-v2"));
+    for (const shim of ["containerd-shim-nanokata-v2", "containerd-shim-nanokata-vm-v2"]) symlinkSync(join(repoRoot(), "bin", shim), join(bin, shim));
   }
-  const daemon = spawn("containerd", ["--config", join(dir, "config.toml")], {
+  const argv = [...(opts.enter ?? []), "containerd", "--config", join(dir, "config.toml")];
+  const daemon = spawn(argv[0]!, argv.slice(1), {
     stdio: ["ignore", logFd, logFd],
     env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}`, NK_SHIM_ROOT: shimRoot, NK_SHIM_SOCKET_DIR: socketDir, ...opts.env },
   });
