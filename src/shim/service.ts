@@ -55,8 +55,9 @@ interface Proc {
   stdio?: ProcessIO;
   run?: ExecutorRun;
   spec?: Process;
-  /** An exec in a VM-mode task: its pid is a guest pid, signals go through its channel session. */
+  /** An exec in a VM-mode task: its pid is a guest pid, signals and window sizes go through its channel session. */
   signalGuest?: (signo: number) => boolean;
+  resizeGuest?: (rows: number, cols: number) => void;
 }
 
 interface Task {
@@ -281,7 +282,6 @@ export class TaskService {
    * session.
    */
   private async startVmExec(task: Task, proc: Proc): Promise<void> {
-    if (proc.io.terminal) throw grpc(Code.UNIMPLEMENTED, `${describe(proc)}: a terminal for an exec in a VM-mode task is not supported by the nano-kata shim yet`);
     const { prepareVmExec, runExecRelay } = await import("../vm/exec.ts");
     const request = await prepareVmExec(this.ctx, this.ctx.store.read(task.id), { process: proc.spec!, preserveFds: 0, detach: false, ignorePaused: false });
     proc.stdio = ProcessIO.open(proc.io);
@@ -295,6 +295,8 @@ export class TaskService {
       stdio: { input: typeof input === "number" ? input : undefined, output: fd(output), errors: fd(errors) },
       forwardSignals: false,
       signaller: (signal) => (proc.signalGuest = signal),
+      // A terminal: the guest's pty master is relayed to the fifos as is; ResizePty goes to it as RESIZE.
+      resizer: (resize) => (proc.resizeGuest = resize),
     });
     exited.catch(failed);
     try {
@@ -500,7 +502,8 @@ export class TaskService {
   resizePty(r: m.ResizePtyRequest): Uint8Array {
     const { proc } = this.proc(r.id, r.execId);
     if (!proc.io.terminal) throw grpc(Code.FAILED_PRECONDITION, `${describe(proc)} has no terminal`);
-    if (proc.status === "running" && proc.pid > 0) resizeProcessTty(proc.pid, r.width, r.height);
+    if (proc.resizeGuest) proc.resizeGuest(r.height, r.width);
+    else if (proc.status === "running" && proc.pid > 0) resizeProcessTty(proc.pid, r.width, r.height);
     return EMPTY;
   }
 

@@ -200,6 +200,8 @@ export interface RelayHost {
   forwardSignals?: boolean;
   /** Hands over a function that signals the guest process (false before it has a pid). */
   signaller?: (signal: (signo: number) => boolean) => void;
+  /** Hands over a function that sets the guest pty's window size (with a terminal and host.stdio). */
+  resizer?: (resize: (rows: number, cols: number) => void) => void;
 }
 
 /**
@@ -213,7 +215,8 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
   let io: SessionStdio = host.stdio ?? { input: 0, output: 1, errors: 2 };
   let windowSize: ((fd: number) => { rows: number; cols: number }) | undefined;
   let restoreTerminal: (() => void) | undefined;
-  if (request.guestConsole) {
+  // A host that brings its own streams (the shim: containerd's fifos) takes the guest pty's bytes as they are.
+  if (request.guestConsole && !host.stdio) {
     const pty = await import("./pty.ts");
     windowSize = pty.windowSize;
     if (request.consoleSocket) {
@@ -240,6 +243,7 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
       send(Frame.SIGNAL, u32Payload(guestPid, signo));
       return true;
     });
+    host.resizer?.((rows, cols) => send(Frame.RESIZE, u32Payload(rows, cols)));
     const handlers = (host.forwardSignals === false ? [] : FORWARDED).map((name) => {
       const handler = () => {
         if (guestPid) send(Frame.SIGNAL, u32Payload(guestPid, signalNumber(name)!));

@@ -7,10 +7,11 @@
  * through the shim's Task API into the guest. Real microVMs (TCG here).
  */
 import { afterAll, beforeAll, describe, expect } from "bun:test";
+import { spawnSync } from "node:child_process";
 import { release } from "node:os";
 import { join } from "node:path";
 import { testIf } from "../helpers/runtime.ts";
-import { containerdAvailable, IMAGE, isDirEmpty, shimProcesses, startContainerd, type Containerd } from "./shim-containerd.ts";
+import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, type Containerd } from "./shim-containerd.ts";
 import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
 import { ensureVmImage, processesNaming, VM_CACHE, vmSkipReason } from "./vm-helpers.ts";
 
@@ -132,6 +133,15 @@ describe("VM mode through the containerd shim", () => {
       await until(() => c.ctr(["task", "ps", member]).stdout.length > 0 && exec(member, "ps", ["sh", "-c", "ps | grep -c '[s]leep 1000'"]).stdout.trim() === "2");
       expect(c.ctr(["task", "kill", "--exec-id", "sleeper", "-s", "SIGTERM", member]).code).toBe(0);
       expect(await sleeperExit).toBe(143);
+
+      // exec -t: the guest's pty, relayed as is; ResizePty becomes the guest pty's size.
+      if (have("script")) {
+        const cmd = `stty cols 83 rows 23; ctr --address ${c.address} task exec -t --exec-id tty1 ${member} sh -c 'tty; sleep 0.5; stty size; exit 6'`;
+        const tty = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 60_000, input: "" });
+        const out = (tty.stdout ?? "").replace(/\r/g, "");
+        expect(out).toContain("/dev/pts/");
+        expect(out).toContain("23 83");
+      } else console.log("SKIP part: ctr task exec -t needs `script` (util-linux)");
 
       await removeTask(member);
       expect(taskStatus(sandbox)).toBe("RUNNING");
