@@ -499,10 +499,13 @@ export class TaskService {
     return EMPTY;
   }
 
-  resizePty(r: m.ResizePtyRequest): Uint8Array {
+  async resizePty(r: m.ResizePtyRequest): Promise<Uint8Array> {
     const { proc } = this.proc(r.id, r.execId);
     if (!proc.io.terminal) throw grpc(Code.FAILED_PRECONDITION, `${describe(proc)} has no terminal`);
     if (proc.resizeGuest) proc.resizeGuest(r.height, r.width);
+    else if (!r.execId && proc.status === "running" && this.ctx.store.read(r.id).mode === "vm") {
+      await (await import("../vm/control.ts")).resizeVmInit(this.ctx, r.id, r.height, r.width);
+    }
     else if (proc.status === "running" && proc.pid > 0) resizeProcessTty(proc.pid, r.width, r.height);
     return EMPTY;
   }

@@ -65,6 +65,8 @@ export const Control = {
   RESUME: 65,
   /** JSON {"ok":true} or {"error":"...","code":"..."}. */
   REPLY: 66,
+  /** u32 rows, u32 cols: the window size of the container init's terminal (RESIZE on session 0); REPLY. */
+  RESIZE_INIT: 67,
 } as const;
 export type ControlType = (typeof Control)[keyof typeof Control];
 

@@ -19,7 +19,7 @@ import { containerStatus } from "../linux/container.ts";
 import { isSameLiveProcess } from "../state/proc.ts";
 import { validateContainerId, type ContainerRecord } from "../state/store.ts";
 import { ContainerError } from "../util/errors.ts";
-import { Control, encodeFrame, Frame, FrameReader } from "./channel.ts";
+import { Control, encodeFrame, Frame, FrameReader, u32Payload } from "./channel.ts";
 import { GUEST_CGROUP } from "./config.ts";
 import { ControlFiles } from "../cgroups/control-files.ts";
 import { emptyStats, type CgroupStats } from "../cgroups/stats.ts";
@@ -31,7 +31,7 @@ import { memberPath, readJson, readLaunch, readPids } from "./launch.ts";
 import type { LinuxResources } from "../spec/types.ts";
 
 /** One Control request to the host process; resolves when it replied ok. */
-export function controlRequest(socketPath: string, type: (typeof Control)["PAUSE" | "RESUME"], timeoutMs = 10_000): Promise<void> {
+export function controlRequest(socketPath: string, type: (typeof Control)["PAUSE" | "RESUME" | "RESIZE_INIT"], timeoutMs = 10_000, payload?: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
     const socket = connect(socketPath);
     const timer = setTimeout(() => {
@@ -49,7 +49,7 @@ export function controlRequest(socketPath: string, type: (typeof Control)["PAUSE
       const body = JSON.parse(new TextDecoder().decode(payload)) as { ok?: boolean; error?: string; code?: string };
       done(body.ok ? undefined : new VmError(body.code ?? "vm-control-failed", body.error ?? "failed"));
     });
-    socket.on("connect", () => socket.write(encodeFrame(type)));
+    socket.on("connect", () => socket.write(encodeFrame(type, payload)));
     socket.on("data", (chunk: Buffer) => reader.push(chunk));
     socket.on("error", (e) => done(new VmError("vm-not-running", `cannot reach the VM's host process (${socketPath}): ${e.message}`)));
     socket.on("close", () => done(new VmError("vm-not-running", "the VM's host process closed the control socket")));
@@ -80,6 +80,12 @@ export async function pauseOrResumeVm(ctx: RuntimeContext, id: string, what: "pa
   } finally {
     lock.release();
   }
+}
+
+/** The window size of a VM-mode container's init terminal (the shim's ResizePty); not for a pod member. */
+export async function resizeVmInit(ctx: RuntimeContext, id: string, rows: number, cols: number): Promise<void> {
+  refuseForPodMember(ctx, id, "resize");
+  await controlRequest(readLaunch(ctx.store.dir(id)).controlSocket, Control.RESIZE_INIT, 10_000, u32Payload(rows, cols));
 }
 
 /** The host pids of a VM-mode container: its host process, the VMM, virtiofsd (those alive). */

@@ -121,6 +121,12 @@ export class ControlServer {
     let session: ClientSession | undefined;
     const reader = new FrameReader((type, payload) => {
       if (type === Control.PAUSE || type === Control.RESUME) return void this.pauseOrResume(socket, type === Control.PAUSE ? "stop" : "cont");
+      if (type === Control.RESIZE_INIT) {
+        // A client with no terminal of ours (the shim's ResizePty): the init's pty is session 0's.
+        if (payload.length !== 8) return void socket.destroy();
+        this.o.send(Frame.RESIZE, payload, 0);
+        return void socket.write(encodeFrame(Control.REPLY, JSON.stringify({ ok: true })));
+      }
       if (!CLIENT_FRAMES.has(type)) return void socket.destroy();
       if (!session) {
         session = { id: this.allocateSession(), socket, guestPid: 0, syncLines: "", planSent: false, exited: false, clientGone: false };

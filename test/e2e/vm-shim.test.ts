@@ -93,6 +93,20 @@ describe("VM mode through the containerd shim", () => {
   );
 
   testIf(
+    SKIP || (have("script") ? null : "needs `script` (util-linux)"),
+    "ctr run -t of a VM-mode task: the guest's terminal, resized to the client's size",
+    () => {
+      expect(IMAGE_ERROR).toBe("");
+      const cmd = `stty cols 97 rows 31; ctr --address ${c.address} run -t --rm --runtime ${RUNTIME} --annotation io.nanokata.mode=vm ${IMAGE} ${id("tty")} sh -c 'tty; sleep 1; stty size; exit 5'`;
+      const r = spawnSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8", timeout: 120_000, input: "" });
+      const out = (r.stdout ?? "").replace(/\r/g, "");
+      expect(out).toContain("/dev/pts/");
+      expect(out).toContain("31 97");
+    },
+    VM_TEST_TIMEOUT,
+  );
+
+  testIf(
     SKIP,
     "a pod (CRI sandbox annotations): one shim, one VM; exec, pause/resume, metrics and kill through the shim",
     async () => {
