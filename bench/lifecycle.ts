@@ -1,6 +1,7 @@
 /**
  * Lifecycle benchmark (not a test): for each runtime found (nk-runtime, runc,
- * crun), N times (NK_BENCH_N, default 20) after one warm-up,
+ * crun), N rounds (NK_BENCH_N, default 20) after one warm-up round, the
+ * runtimes interleaved within each round,
  *   (a) create + start + wait for the process to exit + delete, of `true`
  *   (b) run of `true`
  * on the same bundle, each runtime with its own private --root. Prints one
@@ -74,54 +75,82 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-function bench(runtime: Runtime, n: number, bundleDir: string): Result {
-  const root = mkdtempSync(join(tmpdir(), "nkb-root-"));
-  const errPath = join(root, "stderr.log");
-  const devNull = openSync("/dev/null", "r+");
-  const result: Result = { runtime, lifecycleMs: [], runMs: [] };
-  const step = (args: string[]): void => {
-    const errFd = openSync(errPath, "w");
+/** One runtime's side of the benchmark: its private --root and a step runner. */
+class Bench {
+  readonly result: Result;
+  private readonly root = mkdtempSync(join(tmpdir(), "nkb-root-"));
+  private readonly errPath = join(this.root, "stderr.log");
+  private readonly devNull = openSync("/dev/null", "r+");
+  private id = "";
+
+  constructor(
+    readonly runtime: Runtime,
+    private readonly bundleDir: string,
+  ) {
+    this.result = { runtime, lifecycleMs: [], runMs: [] };
+  }
+
+  private step(args: string[]): void {
+    const errFd = openSync(this.errPath, "w");
     try {
-      const r = spawnSync(runtime.bin, ["--root", root, ...args], { stdio: [devNull, devNull, errFd], timeout: 30_000 });
+      const r = spawnSync(this.runtime.bin, ["--root", this.root, ...args], { stdio: [this.devNull, this.devNull, errFd], timeout: 30_000 });
       if (r.status !== 0) {
-        throw new BenchError(`${runtime.name} ${args[0]} failed (${r.status ?? r.signal}): ${readFileSync(errPath, "utf8").trim().split("\n")[0]}`);
+        throw new BenchError(`${this.runtime.name} ${args[0]} failed (${r.status ?? r.signal}): ${readFileSync(this.errPath, "utf8").trim().split("\n")[0]}`);
       }
     } finally {
       closeSync(errFd);
     }
-  };
-  let id = "";
-  try {
-    for (let i = 0; i <= n; i++) {
-      id = `nkb-${process.pid}-${runtime.name}-${i}`;
-      const pidFile = join(root, `${id}.pid`);
+  }
+
+  /** Round i (0 is the warm-up, not recorded); a failure marks the runtime failed. */
+  round(i: number): void {
+    if (this.result.error) return;
+    const name = this.runtime.name;
+    try {
+      this.id = `nkb-${process.pid}-${name}-${i}`;
+      const pidFile = join(this.root, `${this.id}.pid`);
       const t0 = performance.now();
-      step(["create", "--bundle", bundleDir, "--pid-file", pidFile, id]);
+      this.step(["create", "--bundle", this.bundleDir, "--pid-file", pidFile, this.id]);
       const pid = Number(readFileSync(pidFile, "utf8").trim());
-      step(["start", id]);
+      this.step(["start", this.id]);
       const deadline = Date.now() + 10_000;
       while (!exited(pid)) {
-        if (Date.now() > deadline) throw new BenchError(`${runtime.name}: container process ${pid} did not exit`);
+        if (Date.now() > deadline) throw new BenchError(`${name}: container process ${pid} did not exit`);
         sleepMs(1);
       }
-      step(["delete", id]);
+      this.step(["delete", this.id]);
       const t1 = performance.now();
-      id = `nkb-${process.pid}-${runtime.name}-run-${i}`;
-      step(["run", "--bundle", bundleDir, id]);
+      this.id = `nkb-${process.pid}-${name}-run-${i}`;
+      this.step(["run", "--bundle", this.bundleDir, this.id]);
       const t2 = performance.now();
-      id = "";
-      if (i === 0) continue; // warm-up
-      result.lifecycleMs.push(t1 - t0);
-      result.runMs.push(t2 - t1);
+      this.id = "";
+      if (i === 0) return; // warm-up
+      this.result.lifecycleMs.push(t1 - t0);
+      this.result.runMs.push(t2 - t1);
+    } catch (err) {
+      this.result.error = err instanceof Error ? err.message : String(err);
+      if (this.id !== "") spawnSync(this.runtime.bin, ["--root", this.root, "delete", "--force", this.id], { stdio: "ignore" });
     }
-  } catch (err) {
-    result.error = err instanceof Error ? err.message : String(err);
-    if (id !== "") spawnSync(runtime.bin, ["--root", root, "delete", "--force", id], { stdio: "ignore" });
-  } finally {
-    closeSync(devNull);
-    rmSync(root, { recursive: true, force: true });
   }
-  return result;
+
+  close(): void {
+    closeSync(this.devNull);
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Interleaved: round i runs every runtime once before round i+1 starts, so a
+ * burst of load from elsewhere on the machine hits all runtimes alike.
+ */
+function bench(runtimes: Runtime[], n: number, bundleDir: string): Result[] {
+  const benches = runtimes.map((r) => new Bench(r, bundleDir));
+  try {
+    for (let i = 0; i <= n; i++) for (const b of benches) b.round(i);
+  } finally {
+    for (const b of benches) b.close();
+  }
+  return benches.map((b) => b.result);
 }
 
 function main(n: number): number {
@@ -134,12 +163,9 @@ function main(n: number): number {
   const bundle = makeBundle({ id: `nkb-${process.pid}`, args: ["true"] });
   try {
     console.log(`lifecycle benchmark: N=${n} (+1 warm-up), process "true", bundle ${bundle.dir}`);
-    const results = runtimes.map((r) => {
-      process.stdout.write(`  ${r.name} (${r.bin}) ... `);
-      const res = bench(r, n, bundle.dir);
-      console.log(res.error ? `failed: ${res.error}` : "done");
-      return res;
-    });
+    for (const r of runtimes) console.log(`  ${r.name}: ${r.bin}`);
+    const results = bench(runtimes, n, bundle.dir);
+    for (const r of results) if (r.error) console.log(`  ${r.runtime.name} failed: ${r.error}`);
     const ok = results.filter((r) => !r.error && r.lifecycleMs.length > 0);
     const nk = ok.find((r) => r.runtime.name === "nk-runtime");
     const ratio = (value: number, base: number | undefined): string => (base === undefined ? "n/a" : `${(value / base).toFixed(2)}x`);

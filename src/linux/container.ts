@@ -4,24 +4,21 @@
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync, unlinkSync, writeFileSync, renameSync, constants as fsConstants } from "node:fs";
 import { resolve as resolvePath } from "node:path";
-import { userInfo } from "node:os";
 import type { Hook, Spec } from "../spec/types.ts";
-import { loadSpec } from "../spec/load.ts";
-import { assertValidSpec } from "../spec/validate.ts";
-import { buildContainerPlan, type CgroupMountSource } from "../plan/build.ts";
+import type { CgroupMountSource } from "../plan/build.ts";
 import { openCgroupManager, ownCgroupPaths, reopenCgroupManager, undelegatedCgroupDir, DEFAULT_ALLOWED_DEVICE_RULES, type CgroupManager } from "../cgroups/index.ts";
 import type { LinuxResources } from "../spec/types.ts";
 import { StateStore, newContainerRecord, validateContainerId, type ContainerRecord, type ContainerStatus, notExist } from "../state/store.ts";
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { ContainerError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
-import { runExecutor, type ExecutorRun, type ExecutorStdio } from "./executor.ts";
+import type { ExecutorRun, ExecutorStdio } from "./executor.ts";
 import { executorPath } from "../util/home.ts";
 import { Tracer } from "./trace.ts";
-import { compileContainerSeccomp } from "./seccomp.ts";
-import { runHooks, runHooksLoggingFailures } from "../hooks/run.ts";
-import { describeLsm, detectLsm } from "./lsm.ts";
-import { assertPrivateStateRoot, callerFacts, refuseLimitsWithoutCgroup, tmpStateRoot, withoutDeviceRules } from "./rootless.ts";
+import { waitReadable } from "../util/libc.ts";
+// What only `create` uses (spec validation, the plan builder, seccomp, the
+// executor, hooks) is imported inside createContainer: every CLI call is a
+// new process, and `start`, `state` and `delete` should not pay for it.
 
 export interface RuntimeContext {
   store: StateStore;
@@ -43,6 +40,8 @@ export interface CreateOptions {
   foreground: boolean;
   /** The container's stdio (the containerd shim passes fifo fds); default: the runtime's own. */
   stdio?: ExecutorStdio;
+  /** Wait for the executor with blocking reads (a CLI call); default: on the event loop (the shim). */
+  blocking?: boolean;
 }
 
 const OCI_VERSION = "1.2.0";
@@ -50,7 +49,8 @@ const OCI_VERSION = "1.2.0";
 /** The user who owns the container (runc's `owner` in state and list). */
 function callerName(): string {
   try {
-    return userInfo().username;
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return (require("node:os") as typeof import("node:os")).userInfo().username;
   } catch {
     return String(process.getuid?.() ?? "");
   }
@@ -60,6 +60,19 @@ function callerName(): string {
 export async function createContainer(ctx: RuntimeContext, opts: CreateOptions): Promise<ExecutorRun & { record: ContainerRecord }> {
   const id = validateContainerId(opts.id);
   const bundleDir = resolvePath(opts.bundle || ".");
+  const [{ loadSpec }, validate, { buildContainerPlan }, { runExecutor }, { compileContainerSeccomp }, { runHooks }, { describeLsm, detectLsm }, rootless] =
+    await Promise.all([
+      import("../spec/load.ts"),
+      import("../spec/validate.ts"),
+      import("../plan/build.ts"),
+      import("./executor.ts"),
+      import("./seccomp.ts"),
+      import("../hooks/run.ts"),
+      import("./lsm.ts"),
+      import("./rootless.ts"),
+    ]);
+  const { assertPrivateStateRoot, callerFacts, refuseLimitsWithoutCgroup, tmpStateRoot, withoutDeviceRules } = rootless;
+  const assertValidSpec: typeof validate.assertValidSpec = validate.assertValidSpec;
   const { spec, bundle } = loadSpec(bundleDir);
   assertValidSpec(spec, { bundle, forCreate: true });
   if (spec.annotations?.["io.nanokata.mode"] !== undefined || ctx.mode === "vm") {
@@ -77,10 +90,13 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
 
   const lock = ctx.store.claim(id);
   let cgroup: CgroupManager | undefined;
+  // Only a cgroup this create made is this create's to empty and remove: one
+  // that already existed with processes in it (create() refuses it) belongs
+  // to someone else, whose processes a cleanup must not kill.
+  let cgroupCreated = false;
   let initPid = 0;
   try {
     const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "container", owner: callerName() });
-    ctx.store.write(record);
     cgroup = openCgroupManager({ cgroupsPath: spec.linux?.cgroupsPath, id, warn: (m) => ctx.log.warn(m) });
     let cgroupMounts = cgroupMountSources(cgroup.paths);
     let resources = effectiveResources(spec);
@@ -100,6 +116,8 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
         resources = withoutDeviceRules(resources);
       }
     }
+    // Saved before any cgroup directory exists: a create that dies from here
+    // on leaves a record from which `delete` can clean up.
     record.cgroup = cgroup?.toJSON();
     ctx.store.write(record);
     const plan = buildContainerPlan({
@@ -135,20 +153,27 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
       preserveFds: opts.preserveFds,
       stdio: opts.stdio,
       tracer: ctx.tracer,
+      blocking: opts.blocking,
+      // The cgroup does not need init's pid: make it and set its limits while
+      // the executor starts (init waits for "go" before it runs anything of
+      // the container's, so the limits are in place before it joins).
+      onSpawned: () => {
+        if (!manager) return;
+        manager.create();
+        cgroupCreated = true;
+        record.cgroup = manager.toJSON();
+        ctx.tracer.runtime(`cgroup create ${Object.values(manager.paths)[0] ?? ""}`, "linux.cgroupsPath");
+        manager.applyResources(resources);
+        if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
+      },
       onPid: (pid) => {
         initPid = pid;
         record.pid = pid;
         record.pidStartTime = readProcStat(pid)?.startTime ?? "";
         ctx.store.write(record);
         if (!manager) return;
-        manager.create();
-        record.cgroup = manager.toJSON();
-        ctx.store.write(record);
-        ctx.tracer.runtime(`cgroup create ${Object.values(manager.paths)[0] ?? ""}`, "linux.cgroupsPath");
         manager.addProcess(pid);
         ctx.tracer.runtime(`cgroup add pid ${pid}`, "linux.cgroupsPath");
-        manager.applyResources(resources);
-        if (spec.linux?.resources) ctx.tracer.runtime("cgroup apply resources", "linux.resources");
       },
       onSync: async (name) => {
         // "startContainer": only the state those hooks read (init runs them after `start`).
@@ -169,7 +194,7 @@ export async function createContainer(ctx: RuntimeContext, opts: CreateOptions):
     return { ...run, record };
   } catch (error) {
     initPid ||= (error as { initPid?: number }).initPid ?? 0;
-    await cleanupFailedCreate(ctx, id, initPid, cgroup);
+    await cleanupFailedCreate(ctx, id, initPid, cgroupCreated ? cgroup : undefined);
     throw error;
   } finally {
     lock.release();
@@ -271,6 +296,9 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
           return false;
         }
       };
+      // poll(2) wakes us the moment init writes, instead of a sleep-and-retry
+      // loop paying up to a tick per round.
+      let woke = false;
       for (;;) {
         if (readByte()) break;
         // A short-lived process may open, write, exec and exit between our
@@ -279,7 +307,9 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
           throw new ContainerError("container-stopped", `container ${id}: init exited before it could start`);
         }
         if (Date.now() > deadline) throw new ContainerError("start-timeout", `container ${id}: init did not take the start signal`);
-        Bun.sleepSync(1);
+        // Readable yet empty: a writer came and went (hang-up); do not spin on it.
+        if (woke) Bun.sleepSync(1);
+        woke = waitReadable(fd, 50);
       }
     } finally {
       closeSync(fd);
@@ -301,6 +331,7 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
       }
     }
     if (record.spec.hooks?.poststart?.length) {
+      const { runHooksLoggingFailures } = await import("../hooks/run.ts");
       await runHooksLoggingFailures("poststart", record.spec.hooks.poststart, hookState(record, "running"), (m) => ctx.log.warn(m));
       ctx.tracer.runtime(`ran ${record.spec.hooks.poststart.length} poststart hook(s)`, "hooks.poststart");
     }
@@ -410,6 +441,7 @@ export async function destroyContainer(ctx: RuntimeContext, record: ContainerRec
   }
   if (record.mode === "vm") await (await import("../vm/container.ts")).destroyVm(ctx.store.dir(record.id));
   if (record.spec.hooks?.poststop?.length && record.phase === "created") {
+    const { runHooksLoggingFailures } = await import("../hooks/run.ts");
     await runHooksLoggingFailures("poststop", record.spec.hooks.poststop, hookState(record, "stopped"), (m) => ctx.log.warn(m));
   }
   ctx.store.remove(record.id);

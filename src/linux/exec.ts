@@ -19,6 +19,8 @@ export interface ExecOptions {
   ignorePaused: boolean;
   /** The process's stdio (the containerd shim passes fifo fds); default: the runtime's own. */
   stdio?: ExecutorStdio;
+  /** Wait for the executor with blocking reads (a CLI call); default: on the event loop (the shim). */
+  blocking?: boolean;
 }
 
 export async function execInContainer(ctx: RuntimeContext, id: string, opts: ExecOptions): Promise<ExecutorRun> {
@@ -47,6 +49,7 @@ export async function execInContainer(ctx: RuntimeContext, id: string, opts: Exe
     preserveFds: opts.preserveFds,
     stdio: opts.stdio,
     tracer: ctx.tracer,
+    blocking: opts.blocking,
     onPid: (pid) => {
       if (!cgroup) return; // a rootless container without a delegated cgroup
       cgroup.addProcess(pid);

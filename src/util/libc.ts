@@ -6,6 +6,8 @@ import type { Pointer } from "bun:ffi";
 
 interface Libc {
   flock(fd: number, op: number): number;
+  socketpair(domain: number, type: number, protocol: number, fds: Int32Array): number;
+  poll(fds: Uint8Array, count: number, timeoutMs: number): number;
   mkfifo(path: Uint8Array, mode: number): number;
   prctl(option: number, arg2: number, arg3: number, arg4: number, arg5: number): number;
   errno(): number;
@@ -16,9 +18,11 @@ let loaded: Libc | undefined;
 function libc(): Libc {
   if (loaded) return loaded;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, read } = require("bun:ffi") as typeof import("bun:ffi");
+  const { dlopen, FFIType, read, ptr } = require("bun:ffi") as typeof import("bun:ffi");
   const lib = dlopen("libc.so.6", {
     flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    socketpair: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     prctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
     __errno_location: { args: [], returns: FFIType.ptr },
@@ -26,6 +30,8 @@ function libc(): Libc {
   const s = lib.symbols;
   loaded = {
     flock: (fd, op) => s.flock(fd, op) as number,
+    socketpair: (domain, type, protocol, fds) => s.socketpair(domain, type, protocol, ptr(fds)) as number,
+    poll: (fds, count, timeoutMs) => s.poll(ptr(fds), count, timeoutMs) as number,
     mkfifo: (path, mode) => s.mkfifo(path, mode) as number,
     prctl: (o, a, b, c, d) => s.prctl(o, a, b, c, d) as number,
     errno: () => read.i32(s.__errno_location() as Pointer, 0),
@@ -40,6 +46,43 @@ export const LOCK_NB = 4;
 export function flock(fd: number, op: number): number {
   const l = libc();
   return l.flock(fd, op) === 0 ? 0 : l.errno();
+}
+
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const EINTR = 4;
+const POLLIN = 0x1;
+
+/**
+ * socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): two connected, blocking
+ * stream sockets. Returns the fds or throws with the errno.
+ */
+export function socketPair(): [number, number] {
+  const l = libc();
+  const fds = new Int32Array(2);
+  if (l.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) !== 0) throw new Error(`socketpair: errno ${l.errno()}`);
+  return [fds[0]!, fds[1]!];
+}
+
+/**
+ * Wait until fd is readable (or hung up) for at most timeoutMs (-1: no
+ * limit). True when it is, false on timeout; a signal restarts the wait.
+ */
+export function waitReadable(fd: number, timeoutMs: number): boolean {
+  const l = libc();
+  // struct pollfd { int fd; short events; short revents; }
+  const pollfd = new Uint8Array(8);
+  const view = new DataView(pollfd.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, POLLIN, true);
+  for (;;) {
+    const n = l.poll(pollfd, 1, timeoutMs);
+    if (n > 0) return true;
+    if (n === 0) return false;
+    const errno = l.errno();
+    if (errno !== EINTR) throw new Error(`poll: errno ${errno}`);
+  }
 }
 
 export function cString(s: string): Uint8Array {

@@ -11,21 +11,18 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
-import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
+import { ensureBusyboxRootfs } from "../helpers/rootfs.ts";
 import {
   containerStdout,
   deleteForce,
-  describeResult,
-  integrationSkipReason,
   newBundle,
   ok,
   outputPaths,
   rt,
   runtimeBinary,
-  runtimeKind,
   startContainer,
   state,
   stateRoot,
@@ -35,10 +32,7 @@ import {
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
 import { cgroupTopLevel, removeNewCgroupParents, startNetnsHolder, type NetnsHolder } from "./daemons.ts";
-
-const CACHE = join(repoRoot(), ".cache", "vm");
-const VM_ENV = { ...process.env, NK_VM_CACHE: CACHE };
-const VM_TIMEOUT = 180_000;
+import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, which } from "./vm-helpers.ts";
 
 /** The test network: the container's eth0 and its peer, IPv4 and IPv6, an MTU and MAC of our choosing. */
 const NET = {
@@ -55,30 +49,18 @@ const NET = {
   peer1: "10.213.8.1",
 };
 
-function which(name: string): string | undefined {
-  const r = spawnSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" });
-  return r.status === 0 ? r.stdout.trim() : undefined;
-}
-
-function vmSkipReason(): string | null {
-  const base = integrationSkipReason();
+/** Why these tests cannot run here: VM mode's reasons, then the network tools they use. */
+function netSkipReason(): string | null {
+  const base = vmSkipReason();
   if (base) return base;
-  if (runtimeKind() !== "nk") return `VM mode is nano-kata's (runtime under test: ${runtimeKind()})`;
-  if (!which("qemu-system-x86_64")) return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)";
-  if (!existsSync("/usr/lib/qemu/virtiofsd") && !which("virtiofsd")) return "virtiofsd is not installed (Debian: qemu-system-common)";
-  if (!existsSync(join(repoRoot(), "native", "build", "nk-agent"))) return "native/build/nk-agent is missing (npm run build)";
   for (const tool of ["ip", "tc", "nsenter", "unshare"]) if (!which(tool)) return `${tool} is not installed (iproute2, util-linux)`;
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun does not exist";
   return null;
 }
 
-const SKIP = vmSkipReason();
-let imageError = "";
-if (!SKIP) {
-  // At load time: a hook is bound by the per-test timeout, a first build may take longer.
-  const r = rt(["vm", "build-image"], { noRoot: true, env: VM_ENV, timeoutMs: 600_000 });
-  if (r.code !== 0) imageError = describeResult(r);
-}
+const SKIP = netSkipReason();
+// At load time: a hook is bound by the per-test timeout, a first build may take longer.
+const imageError = SKIP ? "" : ensureVmImage();
 
 /** A command run in a namespace (nsenter), its output as text. */
 function inNs(ns: NetnsHolder, argv: string[], timeout = 30_000) {
@@ -104,24 +86,6 @@ function netnsState(ns: NetnsHolder): { taps: string[]; qdiscs: string[]; filter
 }
 
 const CLEAN = { taps: [], qdiscs: [], filters: "" };
-
-function processesNaming(needle: string): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "latin1").replaceAll("\0", " ");
-      if (cmd.includes(needle) && Number(pid) !== process.pid) found.push(`${pid}: ${cmd.slice(0, 160)}`);
-    } catch {}
-  }
-  return found;
-}
-
-async function expectNothingLeft(id: string): Promise<void> {
-  const dir = join(stateRoot(), id);
-  for (let i = 0; i < 250 && (existsSync(dir) || processesNaming(dir).length); i++) await Bun.sleep(20);
-  expect({ id, stateDir: existsSync(dir) }).toEqual({ id, stateDir: false });
-  expect(processesNaming(dir)).toEqual([]);
-}
 
 let container: NetnsHolder | undefined;
 let peer: NetnsHolder | undefined;
@@ -178,10 +142,6 @@ function netBundle(args: string[], override?: (c: Record<string, any>) => void):
   return b;
 }
 
-function vcreate(b: Bundle, env = VM_ENV) {
-  const paths = outputPaths(b);
-  return rt(["--mode", "vm", "create", "--bundle", b.dir, b.id], { env, stdoutPath: paths.stdout, stderrPath: paths.stderr, timeoutMs: VM_TIMEOUT });
-}
 
 beforeAll(async () => {
   if (!SKIP) await setUpNetwork();
@@ -335,7 +295,7 @@ describe("VM mode on podman's default network (CNI bridge)", () => {
     // podman, CNI's bridge and its iptables rules all live in a namespace of our own.
     const holder = await startNetnsHolder();
     const wrapper = join(dir, "nk-runtime");
-    writeFileSync(wrapper, `#!/bin/sh\nNK_VM_CACHE='${CACHE}' exec '${runtimeBinary()}' "$@"\n`, { mode: 0o755 });
+    writeFileSync(wrapper, `#!/bin/sh\nNK_VM_CACHE='${VM_CACHE}' exec '${runtimeBinary()}' "$@"\n`, { mode: 0o755 });
     const www = join(dir, "www");
     spawnSync("mkdir", ["-p", www]);
     writeFileSync(join(www, "index.html"), "hello from the bridge side\n");

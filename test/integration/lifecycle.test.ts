@@ -357,3 +357,22 @@ describe("lifecycle: other commands", () => {
     }
   });
 });
+
+describe("lifecycle: create on a cgroup another container uses", () => {
+  testIf(skip, "a create that cannot have the cgroup leaves the other container's processes alone", () => {
+    const first = sleeperBundle();
+    ok(createContainer(first));
+    const firstPid = state(first.id).pid;
+    // The second config names the first container's cgroup (a config mistake,
+    // or a reused id): refusing it is fine, killing what runs there is not.
+    const second = newBundle({ args: ["true"], override: (c) => (c.linux.cgroupsPath = first.config.linux.cgroupsPath) });
+    const r = createContainer(second);
+    const after = state(first.id);
+    expect(after.status).toBe("created");
+    expect(after.pid).toBe(firstPid);
+    // A runtime that shares the cgroup instead of refusing it created a second container.
+    if (r.code === 0) ok(deleteForce(second.id));
+    ok(deleteForce(first.id));
+    assertNoLeftovers(first.id, first.dir);
+  });
+});

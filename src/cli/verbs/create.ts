@@ -17,6 +17,8 @@ const create: Verb = {
       noPivot: Boolean(flags["no-pivot"]),
       noNewKeyring: Boolean(flags["no-new-keyring"]),
       preserveFds: (flags["preserve-fds"] as number | undefined) ?? 0,
+      // A CLI call has nothing else to do meanwhile: blocking reads are the fastest wait.
+      blocking: true,
       foreground: false,
     });
     // The executor's stage0 exits once init is ready; wait so no child outlives us.

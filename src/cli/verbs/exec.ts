@@ -97,6 +97,7 @@ const exec: Verb = {
       preserveFds: (flags["preserve-fds"] as number | undefined) ?? 0,
       detach,
       ignorePaused: Boolean(flags["ignore-paused"]),
+      blocking: true,
     });
     if (detach) {
       await run.exited;

@@ -27,6 +27,8 @@ const run: Verb = {
       noPivot: Boolean(flags["no-pivot"]),
       noNewKeyring: Boolean(flags["no-new-keyring"]),
       preserveFds: (flags["preserve-fds"] as number | undefined) ?? 0,
+      // A CLI call has nothing else to do meanwhile: blocking reads are the fastest wait.
+      blocking: true,
       foreground: !detach,
     });
     const handlers = FORWARDED.map((signal) => {
