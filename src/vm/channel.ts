@@ -129,3 +129,14 @@ export class FrameReader {
     this.buf = at === this.buf.length ? new Uint8Array(0) : this.buf.slice(at);
   }
 }
+
+/** Whole lines out of SYNCOUT payloads (the executor's sync lines may arrive cut anywhere). */
+export class LineBuffer {
+  private rest = "";
+  push(chunk: Uint8Array): string[] {
+    this.rest += new TextDecoder().decode(chunk);
+    const lines = this.rest.split("\n");
+    this.rest = lines.pop()!;
+    return lines;
+  }
+}

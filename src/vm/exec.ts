@@ -22,7 +22,7 @@
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import type { Process } from "../spec/types.ts";
@@ -37,10 +37,11 @@ import { Tracer } from "../linux/trace.ts";
 import type { Logger } from "../util/log.ts";
 import { signalNumber } from "../util/signals.ts";
 import { projectHome } from "../util/home.ts";
-import { encodeFrame, Frame, FrameReader, u32Payload, type FrameType } from "./channel.ts";
+import { encodeFrame, Frame, FrameReader, LineBuffer, u32Payload, type FrameType } from "./channel.ts";
 import { GUEST_CGROUP, GUEST_FIFO_DIR } from "./config.ts";
 import { VmError } from "./driver.ts";
 import { controlSocketOf, readPids, replacer, reviver } from "./launch.ts";
+import { readReport, reporter } from "./report.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 
 /** Everything a stand-in needs: computed by `exec`, carried out by it or by `vm exec-relay`. */
@@ -143,19 +144,7 @@ export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRe
     ...(ctx.log.debugEnabled ? ["--debug"] : []),
   ];
   const child = spawn(`${projectHome()}/bin/nk-runtime`, [...flags, "vm", "exec-relay", requestFile], { stdio: ["inherit", "inherit", "inherit", "pipe"], detached: true });
-  const report = await new Promise<Record<string, unknown>>((resolve) => {
-    let text = "";
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
-    pipe.on("data", (b: Buffer) => (text += b.toString("utf8")));
-    pipe.on("error", () => {});
-    pipe.on("end", () => {
-      try {
-        resolve(JSON.parse(text.split("\n")[0] ?? ""));
-      } catch {
-        resolve({});
-      }
-    });
-  });
+  const report = await readReport(child);
   rmSync(requestFile, { force: true });
   if (report.started !== true) {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
@@ -170,12 +159,7 @@ export async function execInVmContainer(ctx: RuntimeContext, record: ContainerRe
 export async function runDetachedRelay(requestFile: string, log: Logger): Promise<number> {
   const request = JSON.parse(readFileSync(requestFile, "utf8"), reviver) as VmExecRequest;
   rmSync(requestFile, { force: true });
-  const report = (msg: object) => {
-    try {
-      writeFileSync(3, JSON.stringify(msg) + "\n");
-      closeSync(3);
-    } catch {}
-  };
+  const { report } = reporter();
   try {
     return await runExecRelay(request, log, (guestPid) => report({ started: true, guestPid }));
   } catch (e) {
@@ -236,7 +220,7 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
     let guestPid = 0;
     let started = false;
     let failure: VmError | undefined;
-    let syncBuffer = "";
+    const syncLines = new LineBuffer();
     let done = false;
     host.signaller?.((signo) => {
       if (!guestPid) return false;
@@ -306,13 +290,7 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
       if (relay.handle(type, payload)) return;
       switch (type) {
         case Frame.SYNCOUT: {
-          syncBuffer += new TextDecoder().decode(payload);
-          let nl: number;
-          while ((nl = syncBuffer.indexOf("\n")) >= 0) {
-            const line = syncBuffer.slice(0, nl);
-            syncBuffer = syncBuffer.slice(nl + 1);
-            onSyncLine(line);
-          }
+          for (const line of syncLines.push(payload)) onSyncLine(line);
           break;
         }
         case Frame.LOG:

@@ -16,7 +16,7 @@
 import { rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import type { Logger } from "../util/log.ts";
-import { Control, encodeFrame, Frame, FrameReader, SESSION_MAX, u32Payload, type FrameType } from "./channel.ts";
+import { Control, encodeFrame, Frame, FrameReader, LineBuffer, SESSION_MAX, u32Payload, type FrameType } from "./channel.ts";
 import { VmError, type RunningVm } from "./driver.ts";
 import { pausedMarker } from "./launch.ts";
 
@@ -34,7 +34,7 @@ interface ClientSession {
   socket: Socket;
   /** The process's guest pid, once its executor said so (to kill it if the client goes away). */
   guestPid: number;
-  syncLines: string;
+  syncLines: LineBuffer;
   planSent: boolean;
   exited: boolean;
   clientGone: boolean;
@@ -92,11 +92,7 @@ export class ControlServer {
   }
 
   private watchSyncLines(c: ClientSession, payload: Uint8Array): void {
-    c.syncLines += new TextDecoder().decode(payload);
-    let nl: number;
-    while ((nl = c.syncLines.indexOf("\n")) >= 0) {
-      const line = c.syncLines.slice(0, nl);
-      c.syncLines = c.syncLines.slice(nl + 1);
+    for (const line of c.syncLines.push(payload)) {
       if (!line.startsWith("pid ")) continue;
       c.guestPid = Number(line.slice(4));
       // Its client went away before the process was released: do not release it.
@@ -129,7 +125,7 @@ export class ControlServer {
       }
       if (!CLIENT_FRAMES.has(type)) return void socket.destroy();
       if (!session) {
-        session = { id: this.allocateSession(), socket, guestPid: 0, syncLines: "", planSent: false, exited: false, clientGone: false };
+        session = { id: this.allocateSession(), socket, guestPid: 0, syncLines: new LineBuffer(), planSent: false, exited: false, clientGone: false };
         this.clients.set(session.id, session);
         this.o.log.debug(`vm ${this.o.id}: session ${session.id} opened`);
       }

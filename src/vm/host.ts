@@ -19,19 +19,20 @@
  * `resume` stop and continue the VM over QMP.
  * When the container exits: QMP quit, virtiofsd stopped, exit with the status.
  */
-import { closeSync, writeSync } from "node:fs";
+import { closeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { encodePlan, OpCode, Section } from "../plan/ops.ts";
 import { Tracer } from "../linux/trace.ts";
 import type { Logger } from "../util/log.ts";
 import { signalNumber } from "../util/signals.ts";
 import { readProcStat } from "../state/proc.ts";
-import { encodeFrame, Frame, FrameReader, u32Payload, type FrameType } from "./channel.ts";
+import { encodeFrame, Frame, FrameReader, LineBuffer, u32Payload, type FrameType } from "./channel.ts";
 import { ControlServer } from "./host-control.ts";
 import { VmError, type HypervisorDriver, type RunningVm } from "./driver.ts";
 import { readLaunch, writePids, type VmLaunch, type VmPids } from "./launch.ts";
 import { connectNetwork, unwireMirror } from "./network.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
+import { reporter } from "./report.ts";
 import { startVirtiofsd, tail } from "./virtiofsd.ts";
 
 /** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
@@ -40,7 +41,6 @@ const RELAYED = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
 /** Before the container's init exists, these end the host process (and the VM); the others are dropped. */
 const TERMINATING = new Set<string>(["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM"]);
 
-const REPORT_FD = 3;
 
 export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDriver> {
   if (name === "firecracker") return new (await import("./firecracker.ts")).FirecrackerDriver();
@@ -55,15 +55,8 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   const pids: VmPids = { host: procRef(process.pid) };
   writePids(stateDir, pids);
 
-  let reportOpen = true;
-  const report = (msg: object) => {
-    if (!reportOpen) return;
-    try {
-      writeSync(REPORT_FD, JSON.stringify(msg) + "\n");
-      closeSync(REPORT_FD);
-    } catch {}
-    reportOpen = false;
-  };
+  const reporting = reporter();
+  const report = reporting.report;
 
   let vm: RunningVm | undefined;
   let stdio: StdioRelay | undefined;
@@ -77,7 +70,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       finishing = true;
       if (error) {
         log.debug(`vm ${launch.id}: ${error.message}`);
-        if (reportOpen) report({ error: error.message, code: error.code });
+        if (reporting.open) report({ error: error.message, code: error.code });
         else log.error(`container ${launch.id}: ${error.message}`);
       }
       stdio?.stop();
@@ -180,7 +173,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   let readyTimer: ReturnType<typeof setTimeout> | undefined;
   let failure: VmError | undefined;
   let ready = false;
-  let syncBuffer = "";
+  const syncLines = new LineBuffer();
   const send = (type: FrameType, payload?: Uint8Array | string, session = 0) => running.channel.write(encodeFrame(type, payload, session));
   const relay = new StdioRelay((type, payload) => send(type, payload), io, windowSize);
   stdio = relay;
@@ -272,13 +265,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
         break;
       }
       case Frame.SYNCOUT: {
-        syncBuffer += new TextDecoder().decode(payload);
-        let nl: number;
-        while ((nl = syncBuffer.indexOf("\n")) >= 0) {
-          const line = syncBuffer.slice(0, nl);
-          syncBuffer = syncBuffer.slice(nl + 1);
-          onSyncLine(line);
-        }
+        for (const line of syncLines.push(payload)) onSyncLine(line);
         break;
       }
       case Frame.LOG:

@@ -21,7 +21,7 @@
  * The VM keeps the sandbox's size and cgroup; the VM goes when the sandbox
  * is deleted, which ends every member still running.
  */
-import { closeSync, existsSync, realpathSync, rmSync, statSync, writeSync } from "node:fs";
+import { existsSync, realpathSync, rmSync, statSync } from "node:fs";
 import { dirname, join, resolve as resolvePath } from "node:path";
 import type { Spec } from "../spec/types.ts";
 import type { CreateOptions, RuntimeContext } from "../linux/container.ts";
@@ -39,6 +39,7 @@ import { VmError } from "./driver.ts";
 import { runExecRelay, type VmExecRequest } from "./exec.ts";
 import { memberPath, readJson, readLaunch, readPids, writeJsonAtomic, writePids, type VmPids } from "./launch.ts";
 import { buildGuestPlan, checkVmSupport, type ShareEntry } from "./plan.ts";
+import { reporter } from "./report.ts";
 import { addShareEntry, shareTargetIn } from "./virtiofsd.ts";
 
 /** Names the sandbox container whose VM this container joins (for clients other than CRI). */
@@ -201,15 +202,7 @@ export async function runMember(stateDir: string, log: Logger): Promise<number> 
   if (!member) throw new VmError("vm-member-missing", `${memberPath(stateDir)}: no pod member here`);
   const self = { pid: process.pid, startTime: readProcStat(process.pid)?.startTime ?? "" };
   writePids(stateDir, { host: self });
-  let reported = false;
-  const report = (msg: object) => {
-    if (reported) return;
-    reported = true;
-    try {
-      writeSync(3, JSON.stringify(msg) + "\n");
-      closeSync(3); // create reads until the end
-    } catch {}
-  };
+  const { report } = reporter();
   const request: VmExecRequest = {
     id: member.id,
     controlSocket: member.controlSocket,

@@ -288,3 +288,21 @@ export function isDirEmpty(path: string): boolean {
     return true;
   }
 }
+
+/** A task's status as `ctr task ls` shows it (RUNNING, STOPPED, PAUSED, ...), undefined when not listed. */
+export function taskStatusOf(c: Containerd, taskId: string): string | undefined {
+  for (const line of c.ctr(["task", "ls"]).stdout.split("\n")) {
+    const [tid, , status] = line.trim().split(/\s+/);
+    if (tid === taskId) return status;
+  }
+  return undefined;
+}
+
+/** Poll until check() holds; throws after ms. */
+export async function until(check: () => boolean, ms = 10_000, poll = 25): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("timed out");
+    await Bun.sleep(poll);
+  }
+}

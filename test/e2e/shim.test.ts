@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, type Containerd } from "./shim-containerd.ts";
+import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, taskStatusOf, until, type Containerd } from "./shim-containerd.ts";
 import { TtrpcClient } from "../../src/shim/ttrpc.ts";
 import { encodeUpdateTaskRequest, encodeIdOnly, decodeConnectResponse, TASK_SERVICE } from "../../src/shim/messages.ts";
 import { RUNTIME_SPEC_RESOURCES } from "../../src/shim/service.ts";
@@ -38,22 +38,7 @@ function run(args: string[], opts: { input?: string } = {}) {
   return c.ctr(["run", "--runtime", RUNTIME, ...args], opts);
 }
 
-function taskStatus(taskId: string): string | undefined {
-  const ls = c.ctr(["task", "ls"]);
-  for (const line of ls.stdout.split("\n")) {
-    const [tid, , status] = line.trim().split(/\s+/);
-    if (tid === taskId) return status;
-  }
-  return undefined;
-}
-
-async function until(check: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("timed out");
-    await Bun.sleep(25);
-  }
-}
+const taskStatus = (taskId: string) => taskStatusOf(c, taskId);
 
 function bundleOf(taskId: string): string {
   return join(c.dir, "state", "io.containerd.runtime.v2.task", "default", taskId);

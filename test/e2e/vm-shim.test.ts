@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import { release } from "node:os";
 import { join } from "node:path";
 import { testIf } from "../helpers/runtime.ts";
-import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, type Containerd } from "./shim-containerd.ts";
+import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, taskStatusOf, until, type Containerd } from "./shim-containerd.ts";
 import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
 import { ensureVmImage, processesNaming, VM_CACHE, vmSkipReason } from "./vm-helpers.ts";
 
@@ -33,28 +33,14 @@ function id(name: string): string {
 const run = (args: string[]) => c.ctr(["run", "--runtime", RUNTIME, ...args], { timeoutMs: 180_000 });
 const exec = (task: string, execId: string, args: string[]) => c.ctr(["task", "exec", "--exec-id", execId, task, ...args], { timeoutMs: 60_000 });
 
-function taskStatus(taskId: string): string | undefined {
-  for (const line of c.ctr(["task", "ls"]).stdout.split("\n")) {
-    const [tid, , status] = line.trim().split(/\s+/);
-    if (tid === taskId) return status;
-  }
-  return undefined;
-}
-
-async function until(check: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("timed out");
-    await Bun.sleep(50);
-  }
-}
+const taskStatus = (taskId: string) => taskStatusOf(c, taskId);
 
 const ourShims = () => shimProcesses().filter((p) => p.cmdline.includes(c.address)).map((p) => p.pid);
 const ourQemus = () => processesNaming(c.dir).filter((p) => p.includes("qemu-system"));
 
 async function removeTask(t: string): Promise<void> {
   c.ctr(["task", "kill", "-s", "SIGKILL", t]);
-  await until(() => taskStatus(t) !== "RUNNING" && taskStatus(t) !== "PAUSED");
+  await until(() => taskStatus(t) !== "RUNNING" && taskStatus(t) !== "PAUSED", 20_000);
   expect(c.ctr(["task", "delete", t]).code).toBe(0);
   expect(c.ctr(["container", "rm", t]).code).toBe(0);
 }
@@ -144,7 +130,7 @@ describe("VM mode through the containerd shim", () => {
       // A long exec killed through the shim's Kill (its pid is a guest pid: the signal goes through the session).
       const sleeper = c.ctrSpawn(["task", "exec", "--exec-id", "sleeper", member, "sleep", "1000"]);
       const sleeperExit = new Promise<number | null>((resolve) => sleeper.on("exit", (code) => resolve(code)));
-      await until(() => c.ctr(["task", "ps", member]).stdout.length > 0 && exec(member, "ps", ["sh", "-c", "ps | grep -c '[s]leep 1000'"]).stdout.trim() === "2");
+      await until(() => c.ctr(["task", "ps", member]).stdout.length > 0 && exec(member, "ps", ["sh", "-c", "ps | grep -c '[s]leep 1000'"]).stdout.trim() === "2", 20_000);
       expect(c.ctr(["task", "kill", "--exec-id", "sleeper", "-s", "SIGTERM", member]).code).toBe(0);
       expect(await sleeperExit).toBe(143);
 
@@ -160,7 +146,7 @@ describe("VM mode through the containerd shim", () => {
       await removeTask(member);
       expect(taskStatus(sandbox)).toBe("RUNNING");
       await removeTask(sandbox);
-      await until(() => ourShims().length === 0 && ourQemus().length === 0);
+      await until(() => ourShims().length === 0 && ourQemus().length === 0, 20_000);
       expect(isDirEmpty(join(c.dir, "state", "io.containerd.runtime.v2.task", "default"))).toBe(true);
     },
     VM_TEST_TIMEOUT,
