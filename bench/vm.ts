@@ -6,7 +6,8 @@
  *       `echo x` with stdout on a pipe, then `start`, until the byte arrives
  *   (b) `run` of `true`, whole (boot, plan, exit, VM shutdown, delete)
  *   (c) host memory of one running VM-mode container: QEMU, virtiofsd and the
- *       host process (RSS), and where the time of one boot went (--debug log)
+ *       host process (RSS)
+ *   (d) where the time of one `true` goes (see breakdown())
  * Prints medians; the accelerator (tcg or kvm) is named with the numbers.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -49,6 +50,44 @@ function rss(pid: number | undefined): number {
   }
 }
 
+/**
+ * Where the time of one `true` goes: create, start, the wait for its exit and
+ * delete, each timed from here; the --debug log's milestones (host process,
+ * virtiofsd, QEMU, the agent's HELLO, init ready, exit, VM stopped); and the
+ * agent's own boot steps in guest uptime (nk.debug=1, from console.log).
+ */
+async function breakdown(bundleDir: string): Promise<void> {
+  const log = join(root, "breakdown.log");
+  const debugEnv = { ...env, NK_VM_CMDLINE_EXTRA: "nk.debug=1" };
+  const t0 = performance.now();
+  const at = () => `+${String(Math.round(performance.now() - t0)).padStart(5)} ms`;
+  const marks: string[] = [];
+  const c = spawnSync(BIN, ["--root", root, "--mode", "vm", "--debug", "--log", log, "--log-format", "json", "create", "--bundle", bundleDir, "bd"], { env: debugEnv, stdio: "ignore" });
+  if (c.status !== 0) throw new Error(`create failed (exit ${c.status}): ${readFileSync(log, "utf8")}`);
+  marks.push(`${at()}  create returned`);
+  rt(["start", "bd"]);
+  marks.push(`${at()}  start returned`);
+  for (let i = 0; i < 1000 && JSON.parse(rt(["state", "bd"]).stdout || "{}").status !== "stopped"; i++) await Bun.sleep(5);
+  marks.push(`${at()}  state says stopped`);
+  const consoleLog = (() => {
+    for (const dir of [join(root, "bd", "vm")]) {
+      try {
+        return readFileSync(join(dir, "console.log"), "utf8");
+      } catch {}
+    }
+    return "";
+  })();
+  rt(["delete", "bd"]);
+  marks.push(`${at()}  delete returned`);
+  const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string; time: string });
+  const wall0 = Date.now() - (performance.now() - t0);
+  console.log("one `true`, create to delete (times from the bench's start):");
+  for (const l of lines) console.log(`  +${String(Math.round(Date.parse(l.time) - wall0)).padStart(5)} ms  ${l.msg}`);
+  for (const m of marks) console.log(`  ${m}`);
+  const steps = consoleLog.split("\n").filter((l) => l.startsWith("nk-agent:"));
+  if (steps.length) console.log(`the agent's boot steps (guest uptime):\n${steps.map((l) => `  ${l.trim()}`).join("\n")}`);
+}
+
 async function main(): Promise<void> {
   if (!existsSync(join(env.NK_VM_CACHE!, "stamp.json"))) {
     console.error(`no guest image in ${env.NK_VM_CACHE}: run NK_VM_CACHE=${env.NK_VM_CACHE} bin/nk-runtime vm build-image`);
@@ -59,8 +98,9 @@ async function main(): Promise<void> {
   const sleeper = makeBundle({ args: ["sleep", "60"] });
   try {
     const check = spawnSync(BIN, ["vm", "check", "--format", "json"], { env, encoding: "utf8" });
-    const accel = JSON.parse(check.stdout).accelerator;
-    console.log(`accelerator: ${accel.accel} (${accel.reason})`);
+    const report = JSON.parse(check.stdout);
+    const accel = report.accelerator;
+    console.log(`accelerator: ${accel.accel} (${accel.reason}); guest kernel: ${report.image.kernel} ${report.image.release}`);
 
     await firstByte(echo.dir, "warm");
     const firstBytes: number[] = [];
@@ -76,11 +116,9 @@ async function main(): Promise<void> {
     console.log(`create -> first output byte: ${fmt(firstBytes)}`);
     console.log(`run true (whole):            ${fmt(runs)}`);
 
-    // One running container: memory, and the boot's milestones from the debug log.
-    const log = join(root, "debug.log");
-    const c = spawnSync(BIN, ["--root", root, "--mode", "vm", "--debug", "--log", log, "--log-format", "json", "create", "--bundle", sleeper.dir, "mem"], { env, stdio: "ignore" });
-    // The container holds create's stdio, so it is not captured here: see the log on failure.
-    if (c.status !== 0) throw new Error(`create failed (exit ${c.status}): ${readFileSync(log, "utf8")}`);
+    // One running container: memory.
+    const c = spawnSync(BIN, ["--root", root, "--mode", "vm", "create", "--bundle", sleeper.dir, "mem"], { env, stdio: "ignore" });
+    if (c.status !== 0) throw new Error(`create failed (exit ${c.status})`);
     rt(["start", "mem"]);
     await Bun.sleep(1000);
     const pids = JSON.parse(readFileSync(join(root, "mem", "vm-pids.json"), "utf8"));
@@ -89,10 +127,8 @@ async function main(): Promise<void> {
     const host = rss(pids.host?.pid);
     console.log(`memory (RSS): qemu ${qemu.toFixed(0)} MiB, virtiofsd ${fsd.toFixed(0)} MiB, host process ${host.toFixed(0)} MiB; total ${(qemu + fsd + host).toFixed(0)} MiB`);
     rt(["delete", "--force", "mem"]);
-    const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string; time: string });
-    const t0 = Date.parse(lines[0]!.time);
-    console.log("one create, from the --debug log:");
-    for (const l of lines) console.log(`  +${String(Date.parse(l.time) - t0).padStart(5)} ms  ${l.msg}`);
+
+    await breakdown(nothing.dir);
   } finally {
     for (const b of [echo, nothing, sleeper]) b.cleanup();
     rmSync(root, { recursive: true, force: true });

@@ -72,7 +72,7 @@ export async function probeKvm(image: GuestImage, timeoutMs = 10_000): Promise<K
       runDir,
       kernel: image.vmlinux,
       initramfs: image.initramfs,
-      cmdline: guestCmdline({ kernel: image.kernel, tscKhz: hostTscKhz(), share: false }),
+      cmdline: guestCmdline({ kernel: image.kernel, accel: "kvm", tscKhz: hostTscKhz(), share: false }),
       acpi: image.acpi,
       memoryMiB: 256,
       vcpus: 1,

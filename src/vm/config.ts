@@ -115,15 +115,30 @@ export function hostTscKhz(): number | undefined {
  * console byte is an emulated UART write), one 8250 UART (the console, for
  * diagnostics), no mitigations (the VM boundary is the isolation),
  * triple-fault reboot, panic reboots at once (with -no-reboot: the VMM
- * exits). For Debian's stock kernel also: no i8042 probing, no PCI (microvm
- * has none), no crypto self-tests, and init_on_alloc=0 (Debian turns it on:
+ * exits), no IO-APIC timer check (a delay loop), and no patching of the
+ * kernel's lock prefixes for a single CPU (noreplace-smp: thousands of code
+ * writes, each one flushing TCG's translations).
+ *
+ * Under TCG also tsc=reliable: the emulated TSC is the host's, but the
+ * clocksource watchdog, comparing it with emulated timers, finds it
+ * "unstable" and falls back to jiffies. And for the minimal kernel under TCG,
+ * no local APIC timer (noapictimer): TCG's CPU has no TSC-deadline timer, so
+ * the kernel would measure the APIC timer against the TSC for 100 ms and
+ * verify it for another 100 ms; the PIT serves as the clock event device
+ * instead (with several vCPUs, by broadcast).
+ *
+ * For Debian's stock kernel also: no i8042 probing, no PCI (microvm has
+ * none), no crypto self-tests, and init_on_alloc=0 (Debian turns it on:
  * ~130 ms of page zeroing under TCG; the guest holds one container, so what
  * uninitialised kernel memory could leak is that container's own). The
  * minimal kernel has none of those drivers or defaults, and an unknown
  * parameter would be handed to the agent's environment.
  */
-export function guestCmdline(opts: { kernel?: KernelKind; tscKhz?: number; share: boolean; extra?: string }): string {
-  const parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "mitigations=off", "random.trust_cpu=on"];
+export function guestCmdline(opts: { kernel?: KernelKind; accel?: "kvm" | "tcg"; tscKhz?: number; share: boolean; extra?: string }): string {
+  const parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "mitigations=off", "random.trust_cpu=on", "no_timer_check", "noreplace-smp"];
+  if (opts.accel === "tcg") parts.push("tsc=reliable");
+  // Debian's stock kernel, with ACPI, never fires a timer without its local APIC timer (a sleep hangs): minimal kernel only.
+  if (opts.accel === "tcg" && opts.kernel === "minimal") parts.push("noapictimer");
   if (opts.kernel !== "minimal") {
     parts.push("i8042.noaux", "i8042.nomux", "i8042.nokbd", "i8042.nopnp", "8250.nr_uarts=1", "pci=off", "cryptomgr.notests", "init_on_alloc=0");
   }

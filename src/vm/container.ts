@@ -27,6 +27,7 @@ import { findImage, sha256File } from "./image/build.ts";
 import { readLaunch, readPids, writeLaunch, writePids, type ProcRef, type VmLaunch } from "./launch.ts";
 import { inspectNetns, unwireMirror } from "./network.ts";
 import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "./plan.ts";
+import { readReport } from "./report.ts";
 
 /** The annotation that asks for VM mode per container (podman --annotation, Kubernetes pod annotations). */
 export const MODE_ANNOTATION = "io.nanokata.mode";
@@ -82,23 +83,6 @@ function vmRunDir(stateDir: string, id: string): string {
 /** The CLI, however it is built (bin/nk-runtime picks the compiled binary or the sources). */
 function cliPath(): string {
   return `${projectHome()}/bin/nk-runtime`;
-}
-
-/** Read the host process's one JSON line from fd 3 (it closes the pipe after it). */
-function readReport(child: ChildProcess): Promise<Record<string, unknown>> {
-  return new Promise((resolve) => {
-    let text = "";
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
-    pipe.on("data", (b: Buffer) => (text += b.toString("utf8")));
-    pipe.on("error", () => {});
-    pipe.on("end", () => {
-      try {
-        resolve(JSON.parse(text.split("\n")[0] ?? ""));
-      } catch {
-        resolve({});
-      }
-    });
-  });
 }
 
 export async function createVmContainer(
@@ -174,7 +158,7 @@ export async function createVmContainer(
         runDir,
         kernel: image.vmlinux,
         initramfs: image.initramfs,
-        cmdline: guestCmdline({ kernel: image.kernel, tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+        cmdline: guestCmdline({ kernel: image.kernel, accel: accel.accel, tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
         acpi: image.acpi,
         memoryMiB: size.memoryMiB,
         vcpus: size.vcpus,

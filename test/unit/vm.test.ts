@@ -389,6 +389,10 @@ describe("the QEMU command line", () => {
     const minimal = guestCmdline({ kernel: "minimal", share: true }).split(" ");
     expect(minimal).toEqual(expect.arrayContaining(["quiet", "panic=-1", "reboot=t", "nk.port=nk.0"]));
     expect(minimal.filter((p) => /^(i8042|pci=|cryptomgr|init_on_alloc)/.test(p))).toEqual([]);
+    // Under TCG: the emulated TSC is trusted; the APIC timer's calibration (200 ms) is skipped where it is safe (the minimal kernel).
+    const tcg = (kernel: "minimal" | "debian") => guestCmdline({ kernel, accel: "tcg", share: false }).split(" ").filter((p) => p === "noapictimer" || p === "tsc=reliable");
+    expect([tcg("minimal"), tcg("debian")]).toEqual([["tsc=reliable", "noapictimer"], ["tsc=reliable"]]);
+    expect(guestCmdline({ kernel: "minimal", accel: "kvm", share: false })).not.toMatch(/noapictimer|tsc=reliable/);
   });
 });
 
