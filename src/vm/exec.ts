@@ -42,6 +42,7 @@ import { GUEST_CGROUP, GUEST_FIFO_DIR } from "./config.ts";
 import { VmError } from "./driver.ts";
 import { controlSocketOf, readPids, replacer, reviver } from "./launch.ts";
 import { readReport, reporter } from "./report.ts";
+import { opResult, traceAfterReady } from "./sync.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 
 /** Everything a stand-in needs: computed by `exec`, carried out by it or by `vm exec-relay`. */
@@ -249,14 +250,7 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
     const onSyncLine = (line: string) => {
       const [kind, ...rest] = line.split(" ");
       if (kind === "ok" || kind === "err") {
-        const op = request.ops[Number(rest[0])];
-        if (kind === "ok") {
-          if (op) tracer.op(op, rest.slice(1).join(" ") || "ok");
-          return;
-        }
-        const message = rest.slice(2).join(" ");
-        if (op) tracer.op(op, `failed: ${message}`);
-        failure ??= new VmError("executor-op-failed", op ? `${message} (${op.source})` : message);
+        failure ??= opResult(request.ops, tracer, kind, rest);
       } else if (kind === "pid") {
         guestPid = Number(rest[0]);
         send(Frame.SYNC, "go\n");
@@ -264,8 +258,7 @@ export async function runExecRelay(request: VmExecRequest, log: Logger, onStarte
         send(Frame.SYNC, "go\n");
       } else if (kind === "ready") {
         started = true;
-        const at = request.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
-        for (const op of request.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
+        traceAfterReady(request.ops, tracer);
         log.debug(`vm ${request.id}: ${request.start ? "container init is ready" : "exec'd process runs"} in the guest (pid ${guestPid})`);
         onStarted(guestPid);
         if (!request.start) relay.start();

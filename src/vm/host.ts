@@ -21,7 +21,7 @@
  */
 import { closeSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { encodePlan, OpCode, Section } from "../plan/ops.ts";
+import { encodePlan } from "../plan/ops.ts";
 import { Tracer } from "../linux/trace.ts";
 import type { Logger } from "../util/log.ts";
 import { signalNumber } from "../util/signals.ts";
@@ -33,6 +33,7 @@ import { readLaunch, writePids, type VmLaunch, type VmPids } from "./launch.ts";
 import { connectNetwork, unwireMirror } from "./network.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 import { reporter } from "./report.ts";
+import { opResult, traceAfterReady } from "./sync.ts";
 import { startVirtiofsd, tail } from "./virtiofsd.ts";
 
 /** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
@@ -191,15 +192,8 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   const onSyncLine = (line: string) => {
     const [kind, ...rest] = line.split(" ");
     if (kind === "ok" || kind === "err") {
-      const op = launch.ops[Number(rest[0])];
-      if (kind === "ok") {
-        if (op) tracer.op(op, rest.slice(1).join(" ") || "ok");
-        return;
-      }
-      const message = rest.slice(2).join(" ");
-      if (op) tracer.op(op, `failed: ${message}`);
       // The first failure is the cause (a hook's, before the executor's "abort" it caused).
-      failure ??= new VmError("executor-op-failed", op ? `${message} (${op.source})` : message);
+      failure ??= opResult(launch.ops, tracer, kind, rest);
     } else if (kind === "pid") {
       guestInit = Number(rest[0]);
       pids.guestInit = { pid: guestInit, startTime: "" };
@@ -218,8 +212,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       ready = true;
       clearTimeout(readyTimer);
       log.debug(`vm ${launch.id}: container init ready in the guest (pid ${guestInit})`);
-      const at = launch.ops.findIndex((op) => op.code === OpCode.REPORT_READY);
-      for (const op of launch.ops.slice(at + 1)) if (op.section === Section.Init) tracer.later(op);
+      traceAfterReady(launch.ops, tracer);
       void control.listen().then(
         () => {
           report({ ready: true, guestPid: guestInit });

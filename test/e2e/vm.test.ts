@@ -9,7 +9,7 @@
  */
 import { afterEach, describe, expect } from "bun:test";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
@@ -17,14 +17,10 @@ import { hasPvhNote } from "../../src/vm/image/bzimage.ts";
 import {
   containerStdout,
   deleteForce,
-  describeResult,
-  integrationSkipReason,
   newBundle,
   ok,
-  outputPaths,
   rt,
   runtimeBinary,
-  runtimeKind,
   startContainer,
   state,
   stateRoot,
@@ -34,72 +30,12 @@ import {
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
 import { cgroupTopLevel, ptyRun, removeNewCgroupParents } from "./daemons.ts";
+import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
-const CACHE = join(repoRoot(), ".cache", "vm");
-const VM_ENV = { ...process.env, NK_VM_CACHE: CACHE };
-const VM_TIMEOUT = 120_000;
-
-function which(name: string): string | undefined {
-  const r = spawnSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" });
-  return r.status === 0 ? r.stdout.trim() : undefined;
-}
-
-/** Why VM tests cannot run here (printed), or null. The image build itself is a test below. */
-function vmSkipReason(): string | null {
-  const base = integrationSkipReason();
-  if (base) return base;
-  if (runtimeKind() !== "nk") return `VM mode is nano-kata's (runtime under test: ${runtimeKind()})`;
-  if (!which("qemu-system-x86_64")) return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)";
-  if (!existsSync("/usr/lib/qemu/virtiofsd") && !which("virtiofsd")) return "virtiofsd is not installed (Debian: qemu-system-common)";
-  if (!existsSync(join(repoRoot(), "native", "build", "nk-agent"))) return "native/build/nk-agent is missing (npm run build)";
-  return null;
-}
+const CACHE = VM_CACHE;
 
 const SKIP = vmSkipReason();
-let imageBuilt = false;
 let imageError = "";
-
-/** Build (or confirm) the guest image once for this file; progress goes to the test log. */
-function ensureImage(): void {
-  if (imageBuilt || imageError) return;
-  // The first build compiles the minimal guest kernel: ~10-20 min on 2 cores (then cached).
-  const r = rt(["vm", "build-image"], { noRoot: true, env: VM_ENV, timeoutMs: 3_600_000 });
-  if (r.code === 0) imageBuilt = true;
-  else imageError = describeResult(r);
-  process.stderr.write(`vm build-image:\n${r.stdout}${r.stderr}`);
-}
-
-/** Run the runtime with the test image (and --mode vm unless the bundle asks by annotation). */
-function vrt(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; mode?: boolean; timeoutMs?: number } = {}) {
-  return rt([...(opts.mode === false ? [] : ["--mode", "vm"]), ...args], { env: opts.env ?? VM_ENV, input: opts.input, timeoutMs: opts.timeoutMs ?? VM_TIMEOUT });
-}
-
-/** Processes whose command line names `needle` (a container's state directory, for instance). */
-function processesNaming(needle: string): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "latin1").replaceAll("\0", " ");
-      if (cmd.includes(needle) && Number(pid) !== process.pid) found.push(`${pid}: ${cmd.slice(0, 160)}`);
-    } catch {}
-  }
-  return found;
-}
-
-/** Nothing of container `id` may remain: state dir, sockets, qemu, virtiofsd, the host process. */
-async function expectNothingLeft(id: string): Promise<void> {
-  const dir = join(stateRoot(), id);
-  // The host process stops its VM on its way out; give it a moment.
-  for (let i = 0; i < 250 && (existsSync(dir) || processesNaming(dir).length); i++) await Bun.sleep(20);
-  expect({ id, stateDir: existsSync(dir) }).toEqual({ id, stateDir: false });
-  expect(processesNaming(dir)).toEqual([]);
-}
-
-/** `create` in VM mode, the container's stdio going to the bundle's log files. */
-function vcreate(b: Bundle, flags: string[] = [], env = VM_ENV) {
-  const paths = outputPaths(b);
-  return rt(["--mode", "vm", "create", "--bundle", b.dir, ...flags, b.id], { env, stdoutPath: paths.stdout, stderrPath: paths.stderr, timeoutMs: VM_TIMEOUT });
-}
 
 /**
  * A one-shot --console-socket receiver (python3, socket.recv_fds): takes the
@@ -174,7 +110,7 @@ afterEach(async () => {
 });
 
 // At load time rather than in beforeAll: a hook is bound by the per-test timeout, a first build may take longer.
-if (!SKIP) ensureImage();
+if (!SKIP) imageError = ensureVmImage();
 
 describe("VM mode (QEMU microvm)", () => {
   testIf(SKIP, "vm build-image builds the minimal guest kernel (the default) and the initramfs, then reuses them", () => {
