@@ -8,7 +8,7 @@
  * socket, no qemu or virtiofsd process that names its container.
  */
 import { afterEach, describe, expect } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +30,7 @@ import {
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
 import { cgroupTopLevel, ptyRun, removeNewCgroupParents } from "./daemons.ts";
+import { consoleReceiver as receiveConsole } from "../helpers/console-receiver.ts";
 import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
 const CACHE = VM_CACHE;
@@ -37,61 +38,9 @@ const CACHE = VM_CACHE;
 const SKIP = vmSkipReason();
 let imageError = "";
 
-/**
- * A one-shot --console-socket receiver (python3, socket.recv_fds): takes the
- * pty master, sets its size to 33x101 (the guest's pty must follow), types
- * `input`, reads until `until` appears, then writes "FDS:n\nNAME:..\n<output>".
- */
-const RECEIVER = `
-import fcntl, os, select, socket, struct, sys, termios, time
-path, out, data, until = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(path)
-srv.listen(1)
-open(out + ".ready", "w").close()
-srv.settimeout(90)
-conn, _ = srv.accept()
-msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
-master = fds[0]
-fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-time.sleep(0.6)
-if data:
-    os.write(master, data.encode())
-buf = b""
-deadline = time.time() + 60
-while time.time() < deadline and until not in buf:
-    ready, _, _ = select.select([master], [], [], 0.2)
-    if not ready:
-        continue
-    try:
-        chunk = os.read(master, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    buf += chunk
-with open(out + ".tmp", "wb") as f:
-    f.write(b"FDS:" + str(len(fds)).encode() + b"\\nNAME:" + msg + b"\\n" + buf)
-os.rename(out + ".tmp", out)
-`;
-
-function consoleReceiver(dir: string, input: string, until: string) {
-  const script = join(dir, "receiver.py");
-  writeFileSync(script, RECEIVER);
-  const socket = join(dir, "console.sock");
-  const out = join(dir, "console.out");
-  const child = spawn("python3", [script, socket, out, input, until], { stdio: ["ignore", "ignore", "inherit"] });
-  child.unref();
-  waitUntil("the console socket receiver to listen", () => existsSync(`${out}.ready`), 20_000);
-  return {
-    socket,
-    result() {
-      waitUntil("the console socket receiver to finish", () => existsSync(out), 90_000);
-      const [fds, name, ...rest] = readFileSync(out, "latin1").split("\n");
-      return { fds: Number(fds!.slice(4)), name: name!.slice(5), output: rest.join("\n").replaceAll("\r", "") };
-    },
-  };
-}
+/** The guest's pty must follow the size the receiver sets (33x101). */
+const consoleReceiver = (dir: string, input: string, until: string) =>
+  receiveConsole(dir, input, until, { size: { rows: 33, cols: 101 }, acceptSeconds: 90, readSeconds: 60, stripCarriageReturns: true });
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
 

@@ -6,9 +6,9 @@
  * --console-socket (exec --tty, and create with process.terminal).
  */
 import { afterAll, describe, expect } from "bun:test";
-import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { consoleReceiver, pythonForReceiver } from "../helpers/console-receiver.ts";
 import type { Bundle, OciConfig } from "../helpers/bundle.ts";
 import {
   assertNoLeftovers,
@@ -218,81 +218,15 @@ describe("exec: refused states", () => {
 
 // ------------------------------------------------------------ console socket
 
-/** The real interpreter behind a pyenv shim (the shim costs a bash start per call). */
-function pythonBinary(): string | null {
-  const r = spawnSync("python3", ["-c", "import sys, socket; assert hasattr(socket, 'recv_fds'); print(sys.executable)"], { encoding: "utf8" });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
-const python = pythonBinary();
+const python = pythonForReceiver();
 const pythonSkip = python ? null : "python3 >= 3.9 (socket.recv_fds) is needed for the console-socket receiver";
-
-/**
- * A one-shot console socket: accept one connection, take the pty master sent
- * with SCM_RIGHTS, write `input` into it, read until `until` appears (or
- * EOF/EIO, or 15 s), then write "NAME:<payload>\n<output>" to `out`.
- */
-const RECEIVER = `
-import os, select, socket, sys, time
-path, out, data, until = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(path)
-srv.listen(1)
-open(out + ".ready", "w").close()
-srv.settimeout(20)
-conn, _ = srv.accept()
-msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
-master = fds[0]
-if data:
-    os.write(master, data.encode())
-buf = b""
-deadline = time.time() + 15
-while time.time() < deadline and until not in buf:
-    ready, _, _ = select.select([master], [], [], 0.2)
-    if not ready:
-        continue
-    try:
-        chunk = os.read(master, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    buf += chunk
-with open(out + ".tmp", "wb") as f:
-    f.write(b"FDS:" + str(len(fds)).encode() + b"\\nNAME:" + msg + b"\\n" + buf)
-os.rename(out + ".tmp", out)
-`;
-
-interface Receiver {
-  socket: string;
-  /** Wait for the receiver to finish; returns what it wrote. */
-  result(): { fds: number; name: string; output: string };
-}
-
-function consoleReceiver(input: string, until: string): Receiver {
-  const dir = newHostDir("nkt-console-");
-  const script = join(dir, "receiver.py");
-  writeFileSync(script, RECEIVER);
-  const socket = join(dir, "console.sock");
-  const out = join(dir, "out");
-  const child = spawn(python!, [script, socket, out, input, until], { stdio: ["ignore", "ignore", "inherit"], detached: false });
-  child.unref();
-  waitUntil("the console socket receiver to listen", () => existsSync(`${out}.ready`), 10_000);
-  return {
-    socket,
-    result() {
-      waitUntil("the console socket receiver to finish", () => existsSync(out), 20_000);
-      const text = readFileSync(out, "latin1");
-      const [fdsLine, nameLine, ...rest] = text.split("\n");
-      return { fds: Number(fdsLine!.slice(4)), name: nameLine!.slice(5), output: rest.join("\n") };
-    },
-  };
-}
+const receiverFor = (input: string, until: string) => consoleReceiver(newHostDir("nkt-console-"), input, until, { python: python! });
 
 describe("exec/create: terminals through --console-socket", () => {
   testIf(firstReason(skip, pythonSkip), "exec --tty --console-socket: the receiver gets the pty master and drives a shell", () => {
     const bundle = running();
     // $((...)) so the checks match the shell's output, not the terminal's echo of the input.
-    const receiver = consoleReceiver("echo tty-$((40+2))-ok; tty; echo end-$((1+1))-mark; exit\n", "end-2-mark");
+    const receiver = receiverFor("echo tty-$((40+2))-ok; tty; echo end-$((1+1))-mark; exit\n", "end-2-mark");
     // -d: runc takes a console socket only for a detached exec.
     const pidFile = join(newHostDir(), "tty.pid");
     ok(execIn(bundle.id, ["-d", "--tty", "--console-socket", receiver.socket, "--pid-file", pidFile], ["sh"]));
@@ -311,7 +245,7 @@ describe("exec/create: terminals through --console-socket", () => {
       args: ["sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-$((3*3))-ttys; echo done-$((5+5))"],
       override: (c) => (c.process.terminal = true),
     });
-    const receiver = consoleReceiver("", "done-10");
+    const receiver = receiverFor("", "done-10");
     ok(createContainer(bundle, { flags: ["--console-socket", receiver.socket] }));
     ok(startContainer(bundle.id));
     const got = receiver.result();
