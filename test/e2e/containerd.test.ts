@@ -8,12 +8,12 @@
  * cgroups are /nk-e2e/<id>). Each scenario runs with runc and with nano-kata;
  * the observations must be equal.
  */
-import { afterAll, beforeAll, describe, expect } from "bun:test";
+import { describe, expect } from "bun:test";
 import { join } from "node:path";
 import { readFileSync, writeFileSync } from "node:fs";
 import { testIf } from "../helpers/runtime.ts";
+import { CLIENT_TEST_TIMEOUT, comparer, containerName, observe, suiteHooks } from "./client-scenarios.ts";
 import {
-  BOTH,
   RUNC,
   type CmdOptions,
   type CmdResult,
@@ -28,7 +28,6 @@ import {
   e2eSkipReason,
   leftoverCgroups,
   makeWorkDir,
-  normalize,
   ok,
   pidsMentioning,
   SHELL_INPUT,
@@ -48,7 +47,6 @@ import {
 const skip = e2eSkipReason(["containerd", "ctr", "containerd-shim-runc-v2"]);
 const NAMESPACE = "nk-e2e";
 const IMAGE = "docker.io/library/nk-e2e-busybox:latest";
-const TEST_TIMEOUT = 120_000;
 
 interface CtrSetup {
   dir: string;
@@ -85,14 +83,6 @@ function fifoDir(): string {
   return join(setup!.dir, "fifo");
 }
 
-function observe(r: CmdResult): { code: number; stdout: string; stderr: string } {
-  return { code: r.code, stdout: normalize(r.stdout), stderr: normalize(r.stderr) };
-}
-
-function name(w: Which, what: string): string {
-  return `nk-e2e-${what}-${w}`;
-}
-
 /** STATUS column of `ctr task ls` for one task ("" if there is none). */
 function taskStatus(id: string): string {
   const line = c(["task", "ls"]).stdout.split("\n").find((l) => l.split(/\s+/)[0] === id);
@@ -112,18 +102,7 @@ function remove(id: string): string {
   return del.stderr;
 }
 
-function compare<T>(title: string, scenario: (which: Which) => T, checkReference?: (ref: T) => void): void {
-  testIf(
-    skip,
-    title,
-    () => {
-      const [ref, got] = BOTH.map((w) => scenario(w)) as [T, T];
-      checkReference?.(ref);
-      expect({ runtime: "nanokata", observed: got }).toEqual({ runtime: "nanokata", observed: ref });
-    },
-    TEST_TIMEOUT,
-  );
-}
+const compare = comparer(skip);
 
 async function setUp(): Promise<void> {
   const dir = makeWorkDir("containerd");
@@ -178,26 +157,19 @@ async function tearDown(): Promise<string[]> {
   return problems;
 }
 
-beforeAll(async () => {
-  if (skip === null) await setUp();
-}, 120_000);
-
-afterAll(async () => {
-  const problems = await tearDown();
-  if (problems.length) console.error(`containerd e2e teardown:\n  ${problems.join("\n  ")}`);
-}, 120_000);
+suiteHooks(skip, "containerd", setUp, tearDown);
 
 describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "ctr run --rm: stdout, stderr and the exit code",
-    (w) => observe(ctr(run(w, ["--rm", IMAGE, name(w, "rm"), "sh", "-c", "echo out; echo err >&2; exit 3"]))),
+    (w) => observe(ctr(run(w, ["--rm", IMAGE, containerName(w, "rm"), "sh", "-c", "echo out; echo err >&2; exit 3"]))),
     (ref) => expect(ref).toEqual({ code: 3, stdout: "out\n", stderr: "err\n" }),
   );
 
   compare(
     "ctr run: a command that does not exist fails at create, and nothing is left",
     (w) => {
-      const id = name(w, "missing");
+      const id = containerName(w, "missing");
       const r = ctr(run(w, ["--rm", IMAGE, id, "no-such-command"]));
       const saysWhy = r.stderr.includes("executable file not found");
       // ctr leaves the container record when the task could not be created.
@@ -210,7 +182,7 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "ctr run -d, task exec (plain, --user/--cwd, -t), ps, pause/resume, kill (handled SIGTERM), delete",
     (w) => {
-      const id = name(w, "detached");
+      const id = containerName(w, "detached");
       c(run(w, ["-d", IMAGE, id, "sh", "-c", 'trap "exit 9" TERM; while :; do sleep 0.1; done']));
       waitFor("the task to run", () => taskStatus(id) === "RUNNING");
       const plain = observe(ctr(["task", "exec", "--fifo-dir", fifoDir(), "--exec-id", "plain", id, "sh", "-c", "echo in-exec; exit 4"]));
@@ -247,7 +219,7 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "ctr task kill -s SIGKILL, and kill --all",
     (w) => {
-      const id = name(w, "killed");
+      const id = containerName(w, "killed");
       c(run(w, ["-d", IMAGE, id, "sh", "-c", "sleep 1000 & sleep 2000"]));
       waitFor("two processes", () => c(["task", "ps", id]).stdout.trim().split("\n").length === 3);
       c(["task", "kill", "--all", "--signal", "SIGKILL", id]);
@@ -261,7 +233,7 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "ctr run -t: an interactive shell on a terminal (console socket)",
     (w) => {
-      const r = ptyRun(ctrArgv(run(w, ["--rm", "-t", IMAGE, name(w, "tty"), "sh"])), [{ expect: "# ", send: SHELL_INPUT }]);
+      const r = ptyRun(ctrArgv(run(w, ["--rm", "-t", IMAGE, containerName(w, "tty"), "sh"])), [{ expect: "# ", send: SHELL_INPUT }]);
       return { code: r.code, output: shellOutput(r.output) };
     },
     (ref) => {
@@ -274,12 +246,12 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
     "--memory-limit, --cpus: the cgroup files, and the memory limit enforced",
     (w) => {
       // ctr's default spec mounts no cgroup filesystem: read the container's cgroup from the host.
-      const id = name(w, "res");
+      const id = containerName(w, "res");
       c(run(w, ["-d", "--memory-limit", "67108864", "--cpus", "0.5", IMAGE, id, "sleep", "1000"]));
       const host = (file: string) => readFileSync(join("/sys/fs/cgroup", file.split(".")[0]!, NAMESPACE, id, file), "utf8").trim();
       const files = [host("memory.limit_in_bytes"), host("cpu.cfs_quota_us"), host("cpu.cfs_period_us")];
       remove(id);
-      const oom = observe(ctr(run(w, ["--rm", "--memory-limit", "33554432", IMAGE, name(w, "oom"), "sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo survived $?"])));
+      const oom = observe(ctr(run(w, ["--rm", "--memory-limit", "33554432", IMAGE, containerName(w, "oom"), "sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo survived $?"])));
       return { files, oom };
     },
     (ref) => {
@@ -291,11 +263,11 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "--read-only, --cap-drop/--cap-add, --no-pivot, --mount, lo is up",
     (w) => ({
-      readOnly: observe(ctr(run(w, ["--rm", "--read-only", IMAGE, name(w, "ro"), "sh", "-c", "touch /x; echo root $?"]))),
-      caps: observe(ctr(run(w, ["--rm", "--cap-drop", "CAP_CHOWN", "--cap-add", "CAP_SYS_ADMIN", IMAGE, name(w, "caps"), "sh", "-c", "grep CapEff /proc/self/status; chown 5 /tmp; echo chown $?"]))),
-      noPivot: observe(ctr(run(w, ["--rm", "--no-pivot", IMAGE, name(w, "nopivot"), "sh", "-c", "echo no-pivot; ls /"]))),
-      mount: observe(ctr(run(w, ["--rm", "--mount", `type=bind,src=${setup!.dir}/bin,dst=/mnt/extra,options=rbind:ro`, IMAGE, name(w, "mount"), "sh", "-c", "ls /mnt/extra; touch /mnt/extra/x; echo touch $?"]))),
-      lo: observe(ctr(run(w, ["--rm", IMAGE, name(w, "lo"), "sh", "-c", "ip -o link | cut -d' ' -f2,3"]))),
+      readOnly: observe(ctr(run(w, ["--rm", "--read-only", IMAGE, containerName(w, "ro"), "sh", "-c", "touch /x; echo root $?"]))),
+      caps: observe(ctr(run(w, ["--rm", "--cap-drop", "CAP_CHOWN", "--cap-add", "CAP_SYS_ADMIN", IMAGE, containerName(w, "caps"), "sh", "-c", "grep CapEff /proc/self/status; chown 5 /tmp; echo chown $?"]))),
+      noPivot: observe(ctr(run(w, ["--rm", "--no-pivot", IMAGE, containerName(w, "nopivot"), "sh", "-c", "echo no-pivot; ls /"]))),
+      mount: observe(ctr(run(w, ["--rm", "--mount", `type=bind,src=${setup!.dir}/bin,dst=/mnt/extra,options=rbind:ro`, IMAGE, containerName(w, "mount"), "sh", "-c", "ls /mnt/extra; touch /mnt/extra/x; echo touch $?"]))),
+      lo: observe(ctr(run(w, ["--rm", IMAGE, containerName(w, "lo"), "sh", "-c", "ip -o link | cut -d' ' -f2,3"]))),
     }),
     (ref) => {
       expect(ref.readOnly.stdout).toBe("root 1\n");
@@ -309,8 +281,8 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
   compare(
     "--seccomp (containerd's default profile) and --seccomp-profile <file>",
     (w) => ({
-      dflt: observe(ctr(run(w, ["--rm", "--seccomp", IMAGE, name(w, "sd"), "sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null; echo unshare $?"]))),
-      custom: observe(ctr(run(w, ["--rm", "--seccomp", "--seccomp-profile", setup!.seccompProfile, IMAGE, name(w, "sc"), "sh", "-c", "mkdir /tmp/d 2>/dev/null; echo mkdir $?"]))),
+      dflt: observe(ctr(run(w, ["--rm", "--seccomp", IMAGE, containerName(w, "sd"), "sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null; echo unshare $?"]))),
+      custom: observe(ctr(run(w, ["--rm", "--seccomp", "--seccomp-profile", setup!.seccompProfile, IMAGE, containerName(w, "sc"), "sh", "-c", "mkdir /tmp/d 2>/dev/null; echo mkdir $?"]))),
     }),
     (ref) => {
       expect(ref.dflt.stdout).toBe("Seccomp:\t2\nunshare 1\n");
@@ -328,7 +300,7 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
       expect(nk).toEqual(runc);
       expect(nk).toContain("--root R --log F --log-format json delete --force ID");
     },
-    TEST_TIMEOUT,
+    CLIENT_TEST_TIMEOUT,
   );
 
   testIf(
@@ -338,6 +310,6 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
       const problems = await tearDown();
       expect(problems).toEqual([]);
     },
-    TEST_TIMEOUT,
+    CLIENT_TEST_TIMEOUT,
   );
 });
