@@ -11,7 +11,25 @@
 import { afterAll, beforeAll, expect } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { testIf } from "../helpers/runtime.ts";
-import { BOTH, type CmdOptions, type CmdResult, type Which, cmd, normalize, ok, plainTerminal, ptyRun, shellOutput, SHELL_INPUT, waitFor } from "./daemons.ts";
+import {
+  BOTH,
+  type CmdOptions,
+  type CmdResult,
+  type HostPaths,
+  type Which,
+  callShapes,
+  cmd,
+  normalize,
+  ok,
+  plainTerminal,
+  ptyRun,
+  removeNewCgroupParents,
+  removeScratch,
+  shellOutput,
+  SHELL_INPUT,
+  sweepWorkDir,
+  waitFor,
+} from "./daemons.ts";
 
 export const CLIENT_TEST_TIMEOUT = 120_000;
 
@@ -258,4 +276,46 @@ export function dockerLikeScenarios(client: DockerLikeClient): void {
 
 function cmdOf(client: DockerLikeClient, w: Which, args: string[], opts: CmdOptions): CmdResult {
   return cmd(client.argv(w, args), { timeoutMs: 60_000, env: client.env(), ...opts });
+}
+
+/**
+ * The test that the client made the same kinds of runtime calls to runc and
+ * to nano-kata (argv shapes from the wrappers' logs), and at least `expected`.
+ */
+export function sameRuntimeCallsTest(skip: string | null, who: string, caller: string, logs: () => Record<Which, string>, expected: string): void {
+  testIf(
+    skip,
+    `${who} made the same kinds of runtime calls to both runtimes`,
+    () => {
+      const runc = callShapes(logs().runc).sort();
+      const nk = callShapes(logs().nk).sort();
+      console.log(`${caller} -> runtime calls (nanokata):\n  ${nk.join("\n  ")}`);
+      expect(nk).toEqual(runc);
+      expect(nk).toContain(expected);
+    },
+    CLIENT_TEST_TIMEOUT,
+  );
+}
+
+/** The last test of a client suite: its tear-down found nothing left behind. */
+export function teardownTest(skip: string | null, title: string, tearDown: () => Promise<string[]>): void {
+  testIf(
+    skip,
+    title,
+    async () => {
+      const problems = await tearDown();
+      expect(problems).toEqual([]);
+    },
+    CLIENT_TEST_TIMEOUT,
+  );
+}
+
+/** The end of every client suite's tear-down: new cgroup parents, host paths, the work dir, scratch. */
+export async function finishTeardown(
+  s: { cgroupsBefore: Map<string, Set<string>>; hostPaths: HostPaths; dir: string },
+  cgroupParents: string[],
+): Promise<string[]> {
+  const problems = [...removeNewCgroupParents(s.cgroupsBefore, cgroupParents), ...s.hostPaths.cleanup(), ...(await sweepWorkDir(s.dir))];
+  removeScratch();
+  return problems;
 }

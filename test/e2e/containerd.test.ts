@@ -11,8 +11,7 @@
 import { describe, expect } from "bun:test";
 import { join } from "node:path";
 import { readFileSync, writeFileSync } from "node:fs";
-import { testIf } from "../helpers/runtime.ts";
-import { CLIENT_TEST_TIMEOUT, comparer, containerName, observe, suiteHooks } from "./client-scenarios.ts";
+import { comparer, containerName, finishTeardown, observe, sameRuntimeCallsTest, suiteHooks, teardownTest } from "./client-scenarios.ts";
 import {
   RUNC,
   type CmdOptions,
@@ -22,7 +21,6 @@ import {
   HostPaths,
   containerdHostPaths,
   busyboxDockerArchive,
-  callShapes,
   cgroupTopLevel,
   cmd,
   e2eSkipReason,
@@ -34,12 +32,9 @@ import {
   plainTerminal,
   shellOutput,
   ptyRun,
-  removeNewCgroupParents,
-  removeScratch,
   runtimeUnderTest,
   startContainerd,
   stopPids,
-  sweepWorkDir,
   waitFor,
   writeArgvWrapper,
 } from "./daemons.ts";
@@ -150,10 +145,7 @@ async function tearDown(): Promise<string[]> {
     problems.push(`processes left from ${s.dir}: ${stray.join(", ")}`);
     await stopPids(stray, 5_000);
   }
-  problems.push(...removeNewCgroupParents(s.cgroupsBefore, [NAMESPACE]));
-  problems.push(...s.hostPaths.cleanup());
-  problems.push(...(await sweepWorkDir(s.dir)));
-  removeScratch();
+  problems.push(...(await finishTeardown(s, [NAMESPACE])));
   return problems;
 }
 
@@ -290,26 +282,7 @@ describe("containerd (ctr, runc shim) on nano-kata vs runc", () => {
     },
   );
 
-  testIf(
-    skip,
-    "the runc shim made the same kinds of runtime calls to both runtimes",
-    () => {
-      const runc = callShapes(setup!.logs.runc).sort();
-      const nk = callShapes(setup!.logs.nk).sort();
-      console.log(`containerd-shim-runc-v2 -> runtime calls (nanokata):\n  ${nk.join("\n  ")}`);
-      expect(nk).toEqual(runc);
-      expect(nk).toContain("--root R --log F --log-format json delete --force ID");
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  sameRuntimeCallsTest(skip, "the runc shim", "containerd-shim-runc-v2", () => setup!.logs, "--root R --log F --log-format json delete --force ID");
 
-  testIf(
-    skip,
-    "teardown stops containerd and leaves no tasks, containers, images, cgroups, mounts or processes",
-    async () => {
-      const problems = await tearDown();
-      expect(problems).toEqual([]);
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  teardownTest(skip, "teardown stops containerd and leaves no tasks, containers, images, cgroups, mounts or processes", tearDown);
 });

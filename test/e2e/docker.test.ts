@@ -14,8 +14,7 @@
 import { describe, expect } from "bun:test";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { testIf } from "../helpers/runtime.ts";
-import { CLIENT_TEST_TIMEOUT, comparer, containerName, dockerLikeScenarios, observe, suiteHooks } from "./client-scenarios.ts";
+import { comparer, containerName, dockerLikeScenarios, finishTeardown, observe, sameRuntimeCallsTest, suiteHooks, teardownTest } from "./client-scenarios.ts";
 import {
   RUNC,
   type CmdOptions,
@@ -28,7 +27,6 @@ import {
   DOCKER_HOST_PATHS,
   containerdHostPaths,
   busyboxTar,
-  callShapes,
   cgroupTopLevel,
   cmd,
   e2eSkipReason,
@@ -36,14 +34,11 @@ import {
   makeWorkDir,
   ok,
   pidsMentioning,
-  removeNewCgroupParents,
-  removeScratch,
   runtimeUnderTest,
   startContainerd,
   startDaemon,
   startNetnsHolder,
   stopPids,
-  sweepWorkDir,
   waitFor,
   which,
   writeArgvWrapper,
@@ -171,10 +166,7 @@ async function tearDown(): Promise<string[]> {
     await stopPids(shims, 5_000);
   }
   await s.netns.stop();
-  problems.push(...removeNewCgroupParents(s.cgroupsBefore, ["docker"]));
-  problems.push(...s.hostPaths.cleanup());
-  problems.push(...(await sweepWorkDir(s.dir)));
-  removeScratch();
+  problems.push(...(await finishTeardown(s, ["docker"])));
   return problems;
 }
 
@@ -271,26 +263,7 @@ describe("docker on nano-kata vs runc", () => {
     },
   );
 
-  testIf(
-    skip,
-    "dockerd made the same kinds of runtime calls to both runtimes",
-    () => {
-      const runc = callShapes(setup!.logs.runc).sort();
-      const nk = callShapes(setup!.logs.nk).sort();
-      console.log(`dockerd (containerd-shim-runc-v2) -> runtime calls (nanokata):\n  ${nk.join("\n  ")}`);
-      expect(nk).toEqual(runc);
-      expect(nk).toContain("--root R --log F --log-format json create --bundle B --pid-file F ID");
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  sameRuntimeCallsTest(skip, "dockerd", "dockerd (containerd-shim-runc-v2)", () => setup!.logs, "--root R --log F --log-format json create --bundle B --pid-file F ID");
 
-  testIf(
-    skip,
-    "teardown stops dockerd and leaves no containers, images, cgroups, mounts or processes",
-    async () => {
-      const problems = await tearDown();
-      expect(problems).toEqual([]);
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  teardownTest(skip, "teardown stops dockerd and leaves no containers, images, cgroups, mounts or processes", tearDown);
 });

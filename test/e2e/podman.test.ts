@@ -15,7 +15,7 @@ import { describe, expect } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { testIf } from "../helpers/runtime.ts";
-import { CLIENT_TEST_TIMEOUT, comparer, containerName, dockerLikeScenarios, observe, suiteHooks } from "./client-scenarios.ts";
+import { CLIENT_TEST_TIMEOUT, comparer, containerName, dockerLikeScenarios, finishTeardown, observe, sameRuntimeCallsTest, suiteHooks, teardownTest } from "./client-scenarios.ts";
 import {
   BOTH,
   RUNC,
@@ -26,18 +26,14 @@ import {
   HostPaths,
   PODMAN_HOST_PATHS,
   busyboxTar,
-  callShapes,
   cgroupTopLevel,
   cmd,
   e2eSkipReason,
   leftoverCgroups,
   makeWorkDir,
   ok,
-  removeNewCgroupParents,
-  removeScratch,
   runtimeUnderTest,
   startNetnsHolder,
-  sweepWorkDir,
   waitFor,
   writeArgvWrapper,
 } from "./daemons.ts";
@@ -148,10 +144,7 @@ async function tearDown(): Promise<string[]> {
   if (images.stdout.trim()) problems.push(`images left: ${images.stdout.trim()}`);
   for (const dir of leftoverCgroups("libpod_parent", ["conmon"])) problems.push(`container cgroup left: ${dir}`);
   await s.netns.stop();
-  problems.push(...removeNewCgroupParents(s.cgroupsBefore, ["libpod_parent"]));
-  problems.push(...s.hostPaths.cleanup());
-  problems.push(...(await sweepWorkDir(s.dir)));
-  removeScratch();
+  problems.push(...(await finishTeardown(s, ["libpod_parent"])));
   return problems;
 }
 
@@ -257,27 +250,8 @@ describe("podman on nano-kata vs runc", () => {
     CLIENT_TEST_TIMEOUT,
   );
 
-  testIf(
-    skip,
-    "podman made the same kinds of runtime calls to both runtimes",
-    () => {
-      const runc = callShapes(setup!.logs.runc).sort();
-      const nk = callShapes(setup!.logs.nk).sort();
-      console.log(`podman -> runtime calls (nanokata):\n  ${nk.join("\n  ")}`);
-      expect(nk).toEqual(runc);
-      expect(nk).toContain("--log-format=json --log F create --bundle B --pid-file F ID");
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  sameRuntimeCallsTest(skip, "podman", "podman", () => setup!.logs, "--log-format=json --log F create --bundle B --pid-file F ID");
 
-  testIf(
-    skip,
-    "teardown leaves no containers, images, cgroups, mounts or processes",
-    async () => {
-      const problems = await tearDown();
-      expect(problems).toEqual([]);
-    },
-    CLIENT_TEST_TIMEOUT,
-  );
+  teardownTest(skip, "teardown leaves no containers, images, cgroups, mounts or processes", tearDown);
 });
 
