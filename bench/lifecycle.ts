@@ -9,6 +9,10 @@
  *
  * "Exited" is read from /proc/<pid>/stat (gone or zombie), not by polling
  * `state`, so the numbers measure the runtime rather than the polling.
+ * A second table splits the lifecycle into its CLI calls (create, start,
+ * delete), plus `state` of a created container and `--version`, timed
+ * outside the lifecycle's total: where a runtime's per-process start-up cost
+ * shows.
  *
  * Then bench/shim.ts: `ctr run --rm ... true` through containerd with the
  * nano-kata shim vs the runc shim, and each shim's idle RSS; then
@@ -28,10 +32,15 @@ interface Runtime {
   bin: string;
 }
 
+/** The CLI calls timed one by one (the lifecycle's own three, and two outside it). */
+const CALLS = ["create", "start", "delete", "state", "--version"] as const;
+type Call = (typeof CALLS)[number];
+
 interface Result {
   runtime: Runtime;
   lifecycleMs: number[];
   runMs: number[];
+  callMs: Record<Call, number[]>;
   error?: string;
 }
 
@@ -87,16 +96,19 @@ class Bench {
     readonly runtime: Runtime,
     private readonly bundleDir: string,
   ) {
-    this.result = { runtime, lifecycleMs: [], runMs: [] };
+    this.result = { runtime, lifecycleMs: [], runMs: [], callMs: { create: [], start: [], delete: [], state: [], "--version": [] } };
   }
 
-  private step(args: string[]): void {
+  /** Runs one CLI call; returns how long it took (ms). */
+  private step(args: string[]): number {
     const errFd = openSync(this.errPath, "w");
+    const t0 = performance.now();
     try {
       const r = spawnSync(this.runtime.bin, ["--root", this.root, ...args], { stdio: [this.devNull, this.devNull, errFd], timeout: 30_000 });
       if (r.status !== 0) {
         throw new BenchError(`${this.runtime.name} ${args[0]} failed (${r.status ?? r.signal}): ${readFileSync(this.errPath, "utf8").trim().split("\n")[0]}`);
       }
+      return performance.now() - t0;
     } finally {
       closeSync(errFd);
     }
@@ -110,23 +122,26 @@ class Bench {
       this.id = `nkb-${process.pid}-${name}-${i}`;
       const pidFile = join(this.root, `${this.id}.pid`);
       const t0 = performance.now();
-      this.step(["create", "--bundle", this.bundleDir, "--pid-file", pidFile, this.id]);
+      const create = this.step(["create", "--bundle", this.bundleDir, "--pid-file", pidFile, this.id]);
       const pid = Number(readFileSync(pidFile, "utf8").trim());
-      this.step(["start", this.id]);
+      const state = this.step(["state", this.id]); // not part of the lifecycle: subtracted below
+      const start = this.step(["start", this.id]);
       const deadline = Date.now() + 10_000;
       while (!exited(pid)) {
         if (Date.now() > deadline) throw new BenchError(`${name}: container process ${pid} did not exit`);
         sleepMs(1);
       }
-      this.step(["delete", this.id]);
+      const del = this.step(["delete", this.id]);
       const t1 = performance.now();
       this.id = `nkb-${process.pid}-${name}-run-${i}`;
-      this.step(["run", "--bundle", this.bundleDir, this.id]);
-      const t2 = performance.now();
+      const run = this.step(["run", "--bundle", this.bundleDir, this.id]);
       this.id = "";
+      const version = this.step(["--version"]);
       if (i === 0) return; // warm-up
-      this.result.lifecycleMs.push(t1 - t0);
-      this.result.runMs.push(t2 - t1);
+      this.result.lifecycleMs.push(t1 - t0 - state);
+      this.result.runMs.push(run);
+      const calls: Record<Call, number> = { create, start, delete: del, state, "--version": version };
+      for (const c of CALLS) this.result.callMs[c].push(calls[c]);
     } catch (err) {
       this.result.error = err instanceof Error ? err.message : String(err);
       if (this.id !== "") spawnSync(this.runtime.bin, ["--root", this.root, "delete", "--force", this.id], { stdio: "ignore" });
@@ -183,10 +198,20 @@ function main(n: number): number {
     }
     for (const r of results.filter((x) => x.error)) console.log(`${r.runtime.name.padEnd(12)}  unavailable: ${r.error}`);
     console.log("(ratio = that runtime's median / nk-runtime's median; below 1 means faster than nk-runtime)");
+    printCalls(ok);
     return ok.length > 0 ? 0 : 1;
   } finally {
     bundle.cleanup();
   }
+}
+
+/** The per-call table: each CLI call's median, per runtime. */
+function printCalls(ok: Result[]): void {
+  console.log("");
+  const row = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(12) : c.padStart(11))).join("  ");
+  console.log(row(["median ms", ...CALLS]));
+  for (const r of ok) console.log(row([r.runtime.name, ...CALLS.map((c) => median(r.callMs[c]).toFixed(1))]));
+  console.log("(each CLI call alone: the lifecycle's create, start and delete, and `state` of a created container and `--version` outside it)");
 }
 
 function benchN(): number | undefined {
@@ -204,7 +229,9 @@ function benchN(): number | undefined {
 
 const n = benchN();
 if (n === undefined) process.exit(1);
+// NK_BENCH_ONLY=lifecycle: just this file's tables (the shim and client benches take minutes).
+const only = process.env.NK_BENCH_ONLY;
 const lifecycleStatus = main(n);
-const shimStatus = await runShimBench(n, (line) => console.log(line));
-const clientsStatus = await runClientsBench((line) => console.log(line));
+const shimStatus = only === "lifecycle" ? 0 : await runShimBench(n, (line) => console.log(line));
+const clientsStatus = only === "lifecycle" ? 0 : await runClientsBench((line) => console.log(line));
 process.exit(lifecycleStatus || shimStatus || clientsStatus);
