@@ -9,15 +9,17 @@
  * Boot: mount /proc, /sys, /dev; load /modules/ *.ko in name order; move into
  * a tmpfs root (pivot_root refuses the initramfs itself, and the container's
  * pivot_root needs a real mount above it); mount cgroup2 and make the
- * container's cgroup (nk.cgroup=); mount the virtiofs share; open the port;
- * say HELLO. Then, for each PLAN: fork an executor for the frame's session
+ * container's cgroup (nk.cgroup=); mount the virtiofs share (4 MiB
+ * readahead); open the port; say HELLO. Then, for each PLAN: fork an executor for the frame's session
  * with pipes for stdio and a socketpair for its sync socket, and relay frames
  * until it exits (EXIT with its status). Sessions are independent: the
  * container's init is session 0, exec processes get others. A session with a
  * terminal gets a console socket (CONSOLE) on which its init's
  * SETUP_TERMINAL sends the pty master, as runc's --console-socket does; the
- * agent then relays the pty and applies RESIZE frames to it. As PID 1 the
- * agent reaps every orphan.
+ * agent then relays the pty and applies RESIZE frames to it. From a session's
+ * "ready" the agent holds its process's namespaces, so that their teardown
+ * comes after the EXIT frame, not before it. As PID 1 the agent reaps every
+ * orphan.
  * When the host goes away (the port hangs up) or the agent fails, the guest
  * powers off, so no VM outlives its host process.
  */
@@ -38,6 +40,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -52,7 +55,10 @@
 
 static int port = -1;
 static int sigfd = -1;
-static int debug; /* nk.debug=1: print each boot step with its time to the console */
+/* nk.debug=1: print each boot step, frame and session event with its time to
+ * the console; nk.debug=2 also each line of the executors' sync output (the
+ * time of every plan op: more console bytes, each an emulated UART write). */
+static int debug;
 
 static long uptime_ms(void)
 {
@@ -88,6 +94,8 @@ struct session {
 	char console_path[108];
 	struct winsize ws; /* RESIZE before the master arrived */
 	int ws_pending;
+	pid_t held_pid;	/* the process the executor reported ("pid <n>") */
+	int ns[4];	/* its namespaces, held until EXIT is sent (see hold_namespaces) */
 };
 
 static struct session sessions[NK_SESSIONS_MAX];
@@ -95,12 +103,47 @@ static struct session sessions[NK_SESSIONS_MAX];
 static void session_reset(struct session *s)
 {
 	free(s->pending);
-	*s = (struct session){.id = -1, .pid = -1, .sync = -1, .out = -1, .err = -1, .in = -1, .fifo = -1, .listen = -1, .conn = -1, .master = -1};
+	*s = (struct session){.id = -1, .pid = -1, .sync = -1, .out = -1, .err = -1, .in = -1, .fifo = -1, .listen = -1, .conn = -1, .master = -1,
+			      .ns = {-1, -1, -1, -1}};
+}
+
+/*
+ * sync(2), but for one second at the most. sync reaches the virtiofs share
+ * (FUSE_SYNCFS), and a FUSE request to a virtiofsd that has died is never
+ * answered: a plain sync would keep this VM alive after its host has gone.
+ * So a child syncs, and the agent waits for it with a deadline.
+ */
+static void sync_for_a_while(void)
+{
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL); /* already blocked once the main loop runs; not yet on an early fatal() */
+	pid_t pid = fork();
+	if (pid == 0) {
+		sync();
+		_exit(0);
+	}
+	if (pid < 0)
+		return; /* no process to spare: better no sync than a hang */
+	struct timespec deadline, now;
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += 1;
+	for (;;) {
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long left_ns = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
+		if (left_ns <= 0)
+			return;
+		struct timespec wait = {left_ns / 1000000000L, left_ns % 1000000000L};
+		sigtimedwait(&chld, NULL, &wait); /* any child's exit, or the deadline */
+	}
 }
 
 static void __attribute__((noreturn)) power_off(void)
 {
-	sync();
+	sync_for_a_while();
 	/* A reset, not a power-off: the VMM runs with -no-reboot, so a reset
 	 * (reboot=t: an immediate triple fault) ends it. Powering off needs ACPI,
 	 * which the minimal guest kernel lacks: there RB_POWER_OFF only halts
@@ -240,11 +283,38 @@ static void leave_initramfs(void)
 		fatal("switch to the tmpfs root");
 }
 
+/*
+ * A larger readahead for the share: the kernel's default (128 KiB) turns a
+ * cold exec into one FUSE round trip per 128 KiB window it faults on (16 for
+ * busybox's 1.9 MiB: each a trip through QEMU and virtiofsd, the guest
+ * waiting), with 4 MiB the first fault reads the binary in three requests
+ * sent back to back. Page faults read around 4 MiB and sequential reads ramp
+ * up to it; small random reads still read only what they ask for. The share's
+ * bdi is named by its superblock's device number (its submounts share it).
+ */
+#define SHARE_READAHEAD_KB "4096"
+static void share_readahead(void)
+{
+	struct stat st;
+	char path[96];
+	if (stat(SHARE_DIR, &st) < 0) {
+		say("stat %s: %s (the default readahead stays)", SHARE_DIR, strerror(errno));
+		return;
+	}
+	snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev), minor(st.st_dev));
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, SHARE_READAHEAD_KB, strlen(SHARE_READAHEAD_KB)) < 0)
+		say("set %s: %s (the default readahead stays)", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 static void boot(char *port_name, size_t port_size)
 {
 	char share[128], flag[8], cgroup[64];
 	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-	debug = *cmdline_value("nk.debug", flag, sizeof flag) == '1';
+	cmdline_value("nk.debug", flag, sizeof flag);
+	debug = flag[0] >= '1' && flag[0] <= '9' ? flag[0] - '0' : 0;
 	step("started");
 	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -263,8 +333,10 @@ static void boot(char *port_name, size_t port_size)
 	mount_or_die("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
 	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mkdir("/run/nk", 0755);
-	if (*cmdline_value("nk.share", share, sizeof share))
+	if (*cmdline_value("nk.share", share, sizeof share)) {
 		mount_or_die(share, SHARE_DIR, "virtiofs", 0, NULL);
+		share_readahead();
+	}
 	step("filesystems mounted");
 	cmdline_value("nk.port", port_name, port_size);
 }
@@ -347,6 +419,45 @@ static struct session *session_for(unsigned id)
 	return s;
 }
 
+/*
+ * Namespaces of ended sessions (see hold_namespaces), released LINGER_MS
+ * later: after the container's EXIT the host usually stops the VM within
+ * milliseconds, and a guest busy tearing the container down then (the vCPU,
+ * FUSE forgets for virtiofsd) only slows QEMU's quit (~10 ms measured).
+ */
+#define LINGER_MS 500
+static int lingering[NK_SESSIONS_MAX * 4];
+static size_t lingering_count;
+static long lingering_since;
+
+static void linger(int *fd)
+{
+	if (*fd < 0)
+		return;
+	if (lingering_count == sizeof lingering / sizeof lingering[0]) {
+		close_fd(fd);
+		return;
+	}
+	if (!lingering_count)
+		lingering_since = uptime_ms();
+	lingering[lingering_count++] = *fd;
+	*fd = -1;
+}
+
+/* The poll timeout until the lingering namespaces are due (-1: none). */
+static int linger_timeout(void)
+{
+	if (!lingering_count)
+		return -1;
+	long left = lingering_since + LINGER_MS - uptime_ms();
+	if (left <= 0) {
+		while (lingering_count)
+			close(lingering[--lingering_count]);
+		return -1;
+	}
+	return (int)left;
+}
+
 static void session_free(struct session *s)
 {
 	close_fd(&s->sync);
@@ -357,6 +468,8 @@ static void session_free(struct session *s)
 	close_fd(&s->listen);
 	close_fd(&s->conn);
 	close_fd(&s->master);
+	for (size_t i = 0; i < sizeof s->ns / sizeof s->ns[0]; i++)
+		linger(&s->ns[i]);
 	if (s->console_path[0])
 		unlink(s->console_path);
 	session_reset(s);
@@ -472,12 +585,59 @@ static void receive_master(struct session *s)
 	apply_winsize(s);
 }
 
+/*
+ * The container's namespaces outlive its init until its exit is reported.
+ * When the last process in a mount namespace exits, the kernel tears the
+ * namespace down -- every mount: proc, sysfs, tmpfs, devpts, mqueue, the
+ * share's binds -- inside that exit, before the parent hears of it, and the
+ * network namespace's cleanup follows in a kernel worker that competes for
+ * the vCPU: under TCG ~35 ms of cold kernel code between the container's
+ * exit and its EXIT frame. A reference held here moves that work after EXIT
+ * (session_free hands them to linger()). The process is the one the executor
+ * names on its sync socket ("pid <n>"); its namespaces are opened at the
+ * session's "ready" -- init then waits for START and the vCPU is otherwise
+ * idle -- so plans without REPORT_READY (exec) hold nothing. Nothing else
+ * changes: the fds are the agent's own (close-on-exec, and every executor
+ * closes all the agent's fds at fork), and a process already gone leaves
+ * nothing to hold.
+ */
+static void hold_namespaces(struct session *s, const unsigned char *buf, size_t n)
+{
+	static const char *const kinds[] = {"mnt", "net", "ipc", "uts"};
+	for (size_t at = 0; at < n; at++) {
+		if (at > 0 && buf[at - 1] != '\n')
+			continue;
+		if (n - at > 4 && memcmp(buf + at, "pid ", 4) == 0) {
+			long pid = 0;
+			size_t i = at + 4;
+			for (; i < n && buf[i] >= '0' && buf[i] <= '9' && pid < INT32_MAX; i++)
+				pid = pid * 10 + (buf[i] - '0');
+			if (i > at + 4 && i < n && buf[i] == '\n' && pid > 1 && pid <= INT32_MAX)
+				s->held_pid = (pid_t)pid;
+		} else if (n - at >= 6 && memcmp(buf + at, "ready\n", 6) == 0 && s->held_pid > 1 && s->ns[0] < 0) {
+			for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+				char path[64];
+				snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)s->held_pid, kinds[k]);
+				s->ns[k] = open(path, O_RDONLY | O_CLOEXEC);
+			}
+			if (debug)
+				dprintf(2, "nk-agent: %ld ms: session %d: holding the namespaces of pid %d%s\n", uptime_ms(), s->id,
+					(int)s->held_pid, s->ns[0] < 0 ? " (gone)" : "");
+		}
+	}
+}
+
 /* Forward what fd has to the host as frames of `type`; returns 0 at EOF/error. */
-static int forward(const struct session *s, int fd, unsigned type)
+static int forward(struct session *s, int fd, unsigned type)
 {
 	unsigned char buf[32768];
 	ssize_t n = read(fd, buf, sizeof buf);
 	if (n > 0) {
+		if (type == NK_F_SYNCOUT) {
+			hold_namespaces(s, buf, (size_t)n);
+			if (debug >= 2)
+				dprintf(2, "nk-agent: %ld ms: session %d: %.*s", uptime_ms(), s->id, (int)n, (const char *)buf);
+		}
 		send_frame((unsigned)s->id, type, buf, (size_t)n);
 		return 1;
 	}
@@ -537,6 +697,8 @@ static void executor_exited(struct session *s, int status)
 	drain(s, &s->out, NK_F_STDOUT);
 	drain(s, &s->err, NK_F_STDERR);
 	drain(s, &s->master, NK_F_STDOUT);
+	if (debug)
+		dprintf(2, "nk-agent: %ld ms: session %d exited\n", uptime_ms(), s->id);
 	send_u32((unsigned)s->id, NK_F_EXIT, WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
 	session_free(s);
 }
@@ -712,6 +874,8 @@ static void read_fifo(struct session *s)
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	close_fd(&s->fifo);
+	if (debug)
+		dprintf(2, "nk-agent: %ld ms: session %d: exec fifo read (%zd)\n", uptime_ms(), s->id, n);
 	if (n == 1)
 		unlink(s->fifo_path);
 }
@@ -781,11 +945,14 @@ int main(void)
 					count++;
 				}
 		}
-		if (poll(p, (nfds_t)count, -1) < 0) {
+		int ready = poll(p, (nfds_t)count, linger_timeout());
+		if (ready < 0) {
 			if (errno == EINTR)
 				continue;
 			fatal("poll");
 		}
+		if (ready == 0)
+			continue; /* the next linger_timeout() releases them */
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
 			read_port();
 		/* A frame may have ended or reset a session: skip fds that changed. */

@@ -413,6 +413,21 @@ describe("VM mode (QEMU microvm)", () => {
     await expectNothingLeft(b.id);
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "virtiofsd dies, then the host process: the guest still powers off (its last sync cannot wait on the dead share)", async () => {
+    const b = vmBundle(["sleep", "600"]);
+    ok(vcreate(b));
+    ok(startContainer(b.id));
+    waitForStatus(b.id, "running");
+    const pids = JSON.parse(readFileSync(join(stateRoot(), b.id, "vm-pids.json"), "utf8"));
+    process.kill(pids.virtiofsd.pid, "SIGKILL");
+    process.kill(pids.host.pid, "SIGKILL");
+    waitForStatus(b.id, "stopped", 10_000);
+    // A FUSE request to a dead virtiofsd never completes: a plain sync(2) in the agent would keep the VM alive for good.
+    waitUntil("qemu to exit by itself", () => !alive(pids.vmm.pid), 30_000);
+    ok(rt(["delete", b.id]));
+    await expectNothingLeft(b.id);
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "delete --force of a running VM container stops the VM", async () => {
     const b = vmBundle(["sleep", "600"]);
     ok(vcreate(b));
