@@ -26,6 +26,8 @@ import { signalNumber } from "../util/signals.ts";
 export interface ExecutorOptions {
   /** Caller fds 3..3+n-1 are passed through to the container unchanged (--preserve-fds). */
   preserveFds: number;
+  /** Instead: these caller fds become the executor's 3, 4, ... (preserveFds must be their count). */
+  passFds?: readonly number[];
   /**
    * Called once the executor runs and has its plan, while it starts init:
    * work that does not need the pid (making the cgroup) overlaps with the
@@ -181,7 +183,8 @@ function writeAll(fd: number, bytes: Uint8Array): void {
 
 function startExecutor(syncFd: number, theirs: number, opts: ExecutorOptions): Subprocess {
   const stdio: (number | "inherit" | "ignore")[] = opts.stdio ? [...opts.stdio] : ["inherit", "inherit", "inherit"];
-  for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
+  if (opts.passFds) stdio.push(...opts.passFds);
+  else for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
   stdio.push(theirs);
   try {
     return Bun.spawn([executorPath(), String(syncFd)], { stdio: stdio as never });

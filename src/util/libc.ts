@@ -10,6 +10,10 @@ interface Libc {
   poll(fds: Uint8Array, count: number, timeoutMs: number): number;
   mkfifo(path: Uint8Array, mode: number): number;
   prctl(option: number, arg2: number, arg3: number, arg4: number, arg5: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, address: Uint8Array, length: number): number;
+  listen(fd: number, backlog: number): number;
+  close(fd: number): number;
   errno(): number;
 }
 
@@ -25,6 +29,10 @@ function libc(): Libc {
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     prctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+    socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    close: { args: [FFIType.i32], returns: FFIType.i32 },
     __errno_location: { args: [], returns: FFIType.ptr },
   });
   const s = lib.symbols;
@@ -34,6 +42,10 @@ function libc(): Libc {
     poll: (fds, count, timeoutMs) => s.poll(ptr(fds), count, timeoutMs) as number,
     mkfifo: (path, mode) => s.mkfifo(path, mode) as number,
     prctl: (o, a, b, c, d) => s.prctl(o, a, b, c, d) as number,
+    socket: (d, t, p) => s.socket(d, t, p) as number,
+    bind: (fd, address, length) => s.bind(fd, ptr(address), length) as number,
+    listen: (fd, backlog) => s.listen(fd, backlog) as number,
+    close: (fd) => s.close(fd) as number,
     errno: () => read.i32(s.__errno_location() as Pointer, 0),
   };
   return loaded;
@@ -99,4 +111,29 @@ export function setChildSubreaper(): number {
 export function mkfifo(path: string, mode: number): number {
   const l = libc();
   return l.mkfifo(cString(path), mode) === 0 ? 0 : l.errno();
+}
+
+/** struct sockaddr_un: sa_family_t, then sun_path[108]. */
+const SOCKADDR_UN_SIZE = 110;
+
+/**
+ * A listening unix stream socket at path (close-on-exec), as an fd to hand
+ * to another process (a server started with its listening socket already
+ * made: clients can connect before it runs). Throws with the errno.
+ */
+export function listenUnix(path: string, backlog = 8): number {
+  const l = libc();
+  const name = new TextEncoder().encode(path);
+  if (name.length >= SOCKADDR_UN_SIZE - 2) throw new Error(`unix socket path ${path} is longer than ${SOCKADDR_UN_SIZE - 3} bytes`);
+  const address = new Uint8Array(SOCKADDR_UN_SIZE);
+  new DataView(address.buffer).setUint16(0, AF_UNIX, true);
+  address.set(name, 2);
+  const fd = l.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new Error(`socket: errno ${l.errno()}`);
+  if (l.bind(fd, address, 2 + name.length + 1) !== 0 || l.listen(fd, backlog) !== 0) {
+    const errno = l.errno();
+    l.close(fd);
+    throw new Error(`listen on ${path}: errno ${errno}`);
+  }
+  return fd;
 }

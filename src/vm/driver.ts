@@ -29,6 +29,14 @@ export interface VmConfig {
   channelName: string;
   /** A vhost-user-fs socket (virtiofsd) to attach with this tag, if any. */
   share?: { tag: string; socket: string };
+  /**
+   * The container's rootfs as a block image (rootfs-image.ts), the guest's
+   * only disk (/dev/vda): instead of the share, where virtiofs is not
+   * available or not wanted. readOnly: root.readonly.
+   */
+  rootDrive?: { path: string; readOnly: boolean };
+  /** Firecracker: the guest's vsock port the agent listens on (nk.vsock=), instead of a virtio-serial port. */
+  vsockPort?: number;
   /** Give up if the VMM has not connected its channel by then. */
   startTimeoutMs: number;
   /**
@@ -54,6 +62,8 @@ export interface RunningVm {
   shutdown(graceMs?: number): Promise<void>;
   /** The VMM's stderr so far (for error messages). */
   stderr(): string;
+  /** How the guest RAM is backed, for --debug (e.g. "huge-page tmpfs", or "memfd" and why). */
+  memory?: string;
   /** Stop or continue every vCPU (QMP stop/cont): `pause` and `resume`. */
   control?(command: "stop" | "cont"): Promise<void>;
 }

@@ -6,7 +6,7 @@
  * --console-socket); signals sent to it go to the container's init in the
  * guest; it exits with the container's exit status.
  *
- * It boots the VM (virtiofsd, then the hypervisor), waits for the agent's
+ * It boots the VM (the hypervisor and virtiofsd), waits for the agent's
  * HELLO, sends the plan `create` computed and answers the executor's sync
  * lines (as src/linux/executor.ts does for container mode), running the
  * prestart and createRuntime hooks at the "hooks" point. On "ready" it
@@ -34,7 +34,7 @@ import { connectNetwork, unwireMirror } from "./network.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 import { reporter } from "./report.ts";
 import { opResult, traceAfterReady } from "./sync.ts";
-import { startVirtiofsd, tail } from "./virtiofsd.ts";
+import { listenForVirtiofsd, startVirtiofsd, tail } from "./virtiofsd.ts";
 
 /** Signals relayed to the container (SIGKILL and SIGSTOP cannot be caught: a SIGKILL ends the VM with us). */
 const RELAYED = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM", "SIGCONT", "SIGWINCH", "SIGTSTP", "SIGTTIN", "SIGTTOU"] as const;
@@ -131,15 +131,6 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     const driver = await loadDriver(launch.driver);
     const why = driver.unavailable();
     if (why) throw new VmError("no-hypervisor", why);
-    if (launch.virtiofsd) {
-      // Recorded as soon as it exists, so that finish() and `delete` can stop it even mid-start.
-      await startVirtiofsd(launch.virtiofsd, (pid) => {
-        virtiofsdPid = pid;
-        pids.virtiofsd = procRef(pid);
-        writePids(stateDir, pids);
-      });
-      log.debug(`vm ${launch.id}: virtiofsd pid ${virtiofsdPid}`);
-    }
     // The client's network: taps in its namespace, mirrored to its interfaces; QEMU gets the taps' fds.
     const wiringStarted = Date.now();
     const tapFds = launch.network
@@ -150,14 +141,41 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
       : [];
     if (tapFds.length) log.debug(`vm ${launch.id}: ${tapFds.length} tap(s) mirrored in ${launch.network!.netnsPath} in ${Date.now() - wiringStarted} ms`);
     const started = Date.now();
+    // QEMU and virtiofsd start at the same time, QEMU first (it takes longest
+    // to start): virtiofsd's socket already listens (virtiofsd.ts), and
+    // QEMU's vhost-user requests wait for virtiofsd to answer.
+    const listening = launch.virtiofsd ? listenForVirtiofsd(launch.virtiofsd) : -1;
+    let launching: Promise<{ vm: RunningVm } | { error: unknown }>;
     try {
-      vm = await driver.launch({ ...launch.vm, nics: launch.vm.nics?.map((nic, i) => ({ ...nic, tapFd: tapFds[i] })) });
+      // launch() spawns QEMU before it first waits; QEMU holds the taps from then on.
+      launching = driver.launch({ ...launch.vm, nics: launch.vm.nics?.map((nic, i) => ({ ...nic, tapFd: tapFds[i] })) }).then(
+        (running) => ({ vm: running }),
+        (error: unknown) => ({ error }),
+      );
     } finally {
-      for (const fd of tapFds) closeSync(fd); // QEMU holds them now: the taps live exactly as long as QEMU
+      for (const fd of tapFds) closeSync(fd); // the taps live exactly as long as QEMU
     }
+    const virtiofsd = launch.virtiofsd
+      ? // Recorded as soon as it exists, so that finish() and `delete` can stop it even mid-start.
+        startVirtiofsd(launch.virtiofsd, listening, (pid) => {
+          virtiofsdPid = pid;
+          pids.virtiofsd = procRef(pid);
+          writePids(stateDir, pids);
+        }).then(
+          (pid) => void log.debug(`vm ${launch.id}: virtiofsd pid ${pid}`),
+          (e: Error) => e,
+        )
+      : Promise.resolve();
+    const launched = await launching;
+    if ("vm" in launched) vm = launched.vm; // from here finish() stops it, whatever fails next
+    // A virtiofsd that failed is the cause of QEMU's failure that follows (its socket closed): report it first.
+    const virtiofsdError = await virtiofsd;
+    if (virtiofsdError) throw virtiofsdError;
+    if ("error" in launched) throw launched.error;
+    vm = launched.vm;
     pids.vmm = procRef(vm.pid);
     writePids(stateDir, pids);
-    log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms`);
+    log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms; guest RAM: ${vm.memory ?? "?"}`);
   } catch (e) {
     return finish(1, e instanceof VmError ? e : new VmError("vm-start-failed", (e as Error).message));
   }

@@ -2,28 +2,41 @@
  * The QEMU driver: qemu-system-x86_64 -M microvm (no PCI, no firmware: the
  * ELF vmlinux is entered through its PVH note), virtio over MMIO with the
  * modern interface (force-legacy=false, which virtiofs needs), guest RAM in a
- * shared memfd (vhost-user-fs needs it), the channel as a virtio-serial port
+ * shared file (vhost-user-fs needs it: a huge-page tmpfs file, guest-ram.ts,
+ * else a memfd), the channel as a virtio-serial port
  * and QMP for shutdown. Both are unix sockets on which we listen and QEMU
  * connects while it starts -- so the channel is connected before the guest
  * runs a single instruction, and if this process dies QEMU sees the hangup,
  * the guest agent reads EOF and powers off.
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { qemuPath } from "./config.ts";
+import { HUGE_PAGE_BYTES, openHugeGuestRam } from "./guest-ram.ts";
 import { VmError, type HypervisorDriver, type RunningVm, type VmConfig } from "./driver.ts";
 
-/** The command line, pure (golden-tested). */
-export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; console: string }): string[] {
+/**
+ * The guest RAM's backing: a file QEMU gets as an open fd (guest-ram.ts),
+ * mapped 2 MiB-aligned so the host can map it with huge pages, or a memfd.
+ */
+export type RamBacking = { fd: number } | "memfd";
+
+/** The command line, pure (golden-tested). ram: the guest RAM file's fd number in QEMU, or a memfd. */
+export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; console: string }, ram: RamBacking = "memfd"): string[] {
   const mem = `${c.memoryMiB}M`;
+  const backend =
+    ram === "memfd"
+      ? `memory-backend-memfd,id=mem,size=${mem},share=on`
+      : `memory-backend-file,id=mem,size=${mem},share=on,mem-path=/proc/self/fd/${ram.fd},align=${HUGE_PAGE_BYTES / 1024 / 1024}M`;
   const args = [
     "-M", `microvm,pit=on,pic=on,rtc=on,isa-serial=on,memory-backend=mem${c.acpi === false ? ",acpi=off" : ""}`,
     "-accel", c.accel === "kvm" ? "kvm" : "tcg",
     "-cpu", c.accel === "kvm" ? "host" : "max",
     "-m", mem,
     "-smp", String(c.vcpus),
-    "-object", `memory-backend-memfd,id=mem,size=${mem},share=on`,
+    "-object", backend,
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
     "-kernel", c.kernel,
     "-initrd", c.initramfs,
@@ -37,7 +50,14 @@ export function qemuArgs(c: VmConfig, sockets: { channel: string; qmp: string; c
     "-mon", "chardev=qmp,mode=control",
   ];
   if (c.share) args.push("-chardev", `socket,id=fs,path=${c.share.socket}`, "-device", `vhost-user-fs-device,chardev=fs,tag=${c.share.tag}`);
-  // Each tap's fd is the child's fd 3 + i (see launch's stdio).
+  // The rootfs as a block image (rootfs-image.ts): the guest's only disk, so /dev/vda. "," in a path is doubled (QEMU's option syntax).
+  if (c.rootDrive) {
+    args.push(
+      "-drive", `file=${c.rootDrive.path.replaceAll(",", ",,")},if=none,format=raw,id=nkroot${c.rootDrive.readOnly ? ",readonly=on" : ""}`,
+      "-device", "virtio-blk-device,drive=nkroot",
+    );
+  }
+  // Each tap's fd is the child's fd 3 + i, the guest RAM file's the one after them (see launch's stdio).
   (c.nics ?? []).forEach((nic, i) => args.push("-netdev", `tap,id=nkn${i},fd=${3 + i}`, "-device", `virtio-net-device,netdev=nkn${i},mac=${nic.mac}`));
   return args;
 }
@@ -111,9 +131,18 @@ export class QemuDriver implements HypervisorDriver {
       if (nic.tapFd === undefined) throw new VmError("no-tap", `network card ${nic.mac}: no tap fd`);
       return nic.tapFd;
     });
+    // Huge pages where the kernel lets us (else the memfd, as before): ~10 000 fewer host page faults per boot.
+    const hugeRam = process.env.NK_VM_HUGE_RAM === "0" ? { error: "NK_VM_HUGE_RAM=0" } : openHugeGuestRam(c.memoryMiB);
+    const ramFd = "fd" in hugeRam ? hugeRam.fd : undefined;
     const channel = listenOnce(sockets.channel);
     const qmpListen = listenOnce(sockets.qmp);
-    const child = spawn(qemu, qemuArgs(c, sockets), { stdio: ["ignore", "ignore", "pipe", ...taps] });
+    let child: ChildProcess;
+    try {
+      const ram: RamBacking = ramFd === undefined ? "memfd" : { fd: 3 + taps.length };
+      child = spawn(qemu, qemuArgs(c, sockets, ram), { stdio: ["ignore", "ignore", "pipe", ...taps, ...(ramFd === undefined ? [] : [ramFd])] });
+    } finally {
+      if (ramFd !== undefined) closeSync(ramFd); // QEMU holds it now: the file lives exactly as long as QEMU (and virtiofsd's mapping)
+    }
     let stderr = "";
     child.stderr!.on("data", (b: Buffer) => {
       if (stderr.length < 16384) stderr += b.toString("utf8");
@@ -151,6 +180,7 @@ export class QemuDriver implements HypervisorDriver {
       return {
         pid,
         channel: channelSocket,
+        memory: "error" in hugeRam ? `memfd (no huge-page tmpfs: ${hugeRam.error})` : "huge-page tmpfs",
         exited,
         stderr: () => stderr,
         async control(command) {

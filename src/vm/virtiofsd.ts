@@ -12,6 +12,7 @@ import { CLONE, MS } from "../plan/constants.ts";
 import { OpCode, Section, type PlanOp } from "../plan/ops.ts";
 import { runExecutor, runPreOnlyPlan } from "../linux/executor.ts";
 import { Tracer } from "../linux/trace.ts";
+import { listenUnix } from "../util/libc.ts";
 import { VmError } from "./driver.ts";
 import type { ShareEntry } from "./plan.ts";
 
@@ -23,7 +24,12 @@ export interface VirtiofsdSetup {
   logFile: string;
 }
 
-/** The executor's plan: a new mount namespace, the binds, then exec virtiofsd. Pure. */
+/**
+ * The executor's plan: a new mount namespace, the binds, then exec virtiofsd.
+ * Pure. virtiofsd gets its vhost-user socket already listening, as fd 3
+ * (--fd): the host process makes it, so QEMU can start (and connect) at the
+ * same time as virtiofsd instead of after it.
+ */
 export function virtiofsdPlan(s: VirtiofsdSetup): PlanOp[] {
   const op = (section: Section, code: OpCode, args: (string | number)[], source: string): PlanOp => ({
     code,
@@ -31,7 +37,7 @@ export function virtiofsdPlan(s: VirtiofsdSetup): PlanOp[] {
     source,
     args: args.map(String),
   });
-  const argv = [s.binary, `--socket-path=${s.socket}`, "-o", `source=${s.shareDir}`, "-o", "cache=auto", "-o", "announce_submounts", "-o", "log_level=warn"];
+  const argv = [s.binary, `--fd=${LISTEN_FD}`, "-o", `source=${s.shareDir}`, "-o", "cache=auto", "-o", "announce_submounts", "-o", "log_level=warn"];
   return [
     op(Section.Pre, OpCode.CLONE, [CLONE.NEWNS], "vm: virtiofsd in its own mount namespace"),
     op(Section.Parent, OpCode.SEND_PID, [], "vm: virtiofsd pid"),
@@ -43,27 +49,52 @@ export function virtiofsdPlan(s: VirtiofsdSetup): PlanOp[] {
     ...s.entries.map((e) =>
       op(Section.Init, OpCode.MOUNT, [e.hostPath, join(s.shareDir, e.name), "", MS.BIND | MS.REC, ""], `vm: share ${e.name}`),
     ),
-    op(Section.Init, OpCode.CLOSE_FDS, [0], "vm"),
+    op(Section.Init, OpCode.CLOSE_FDS, [1], "vm: keep the listening socket"),
     op(Section.Init, OpCode.EXEC_LOOKUP, [s.binary, ""], "vm: virtiofsd"),
     op(Section.Init, OpCode.REPORT_READY, [], "vm"),
     op(Section.Init, OpCode.EXEC, [argv.length, ...argv], "vm: virtiofsd"),
   ];
 }
 
-/** Start virtiofsd and wait for its vhost-user socket; onPid hears its pid first. Returns the pid. */
-export async function startVirtiofsd(s: VirtiofsdSetup, onPid: (pid: number) => void = () => {}, timeoutMs = 10_000): Promise<number> {
-  mkdirSync(s.shareDir, { recursive: true });
-  // The mount points, made where only we can write (the share dir is ours).
-  for (const e of s.entries) {
-    const target = join(s.shareDir, e.name);
-    if (e.isDirectory) mkdirSync(target, { recursive: true });
-    else if (!existsSync(target)) writeFileSync(target, "");
+/** virtiofsd's listening vhost-user socket, in its fd table. */
+const LISTEN_FD = 3;
+
+/**
+ * virtiofsd's vhost-user socket, listening at s.socket before virtiofsd (or
+ * QEMU) runs: made by the host process, which hands it to startVirtiofsd.
+ */
+export function listenForVirtiofsd(s: VirtiofsdSetup): number {
+  try {
+    return listenUnix(s.socket);
+  } catch (e) {
+    throw new VmError("virtiofsd-failed", `cannot make virtiofsd's socket: ${(e as Error).message}`);
   }
-  const log = openSync(s.logFile, "a");
+}
+
+/**
+ * Start virtiofsd on the listening socket `listening` (listenForVirtiofsd;
+ * closed here: from then on virtiofsd alone holds it); onPid hears its pid
+ * first. Returns the pid once the executor is about to exec it. A QEMU
+ * started meanwhile is already connected to the socket, and its first
+ * vhost-user request waits for virtiofsd to answer. Should virtiofsd die,
+ * the last fd on the socket goes with it and QEMU's connection fails: QEMU
+ * exits.
+ */
+export async function startVirtiofsd(s: VirtiofsdSetup, listening: number, onPid: (pid: number) => void = () => {}): Promise<number> {
+  let log = -1;
   let pid = 0;
   try {
+    mkdirSync(s.shareDir, { recursive: true });
+    // The mount points, made where only we can write (the share dir is ours).
+    for (const e of s.entries) {
+      const target = join(s.shareDir, e.name);
+      if (e.isDirectory) mkdirSync(target, { recursive: true });
+      else if (!existsSync(target)) writeFileSync(target, "");
+    }
+    log = openSync(s.logFile, "a");
     const run = await runExecutor(virtiofsdPlan(s), {
-      preserveFds: 0,
+      preserveFds: 1,
+      passFds: [listening],
       tracer: new Tracer(false),
       stdio: ["ignore", log, log],
       onPid: (p) => {
@@ -76,22 +107,8 @@ export async function startVirtiofsd(s: VirtiofsdSetup, onPid: (pid: number) => 
   } catch (e) {
     throw new VmError("virtiofsd-failed", `cannot start virtiofsd: ${(e as Error).message}`);
   } finally {
-    closeSync(log);
-  }
-  const deadline = Date.now() + timeoutMs;
-  while (!existsSync(s.socket)) {
-    let alive = true;
-    try {
-      process.kill(pid, 0);
-    } catch {
-      alive = false;
-    }
-    if (!alive || Date.now() > deadline) {
-      const why = alive ? `no socket after ${timeoutMs} ms` : "it exited";
-      if (alive) process.kill(pid, "SIGKILL");
-      throw new VmError("virtiofsd-failed", `virtiofsd did not start (${why}): ${tail(s.logFile)}`);
-    }
-    await Bun.sleep(2);
+    closeSync(listening);
+    if (log >= 0) closeSync(log);
   }
   return pid;
 }

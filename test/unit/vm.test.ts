@@ -12,7 +12,7 @@ import { decodeBlock, decompressLegacy, LZ4_LEGACY_MAGIC, Lz4Error } from "../..
 import { bzImagePayload, hasPvhNote, KernelImageError } from "../../src/vm/image/bzimage.ts";
 import { writeCpio } from "../../src/vm/image/cpio.ts";
 import { readModinfo, resolveModules } from "../../src/vm/image/modules.ts";
-import { changedInputs, changedKernel, type ImageInputs } from "../../src/vm/image/build.ts";
+import { changedInputs, changedKernel, hasSymbolTable, type ImageInputs } from "../../src/vm/image/build.ts";
 import { parseConfigFragment, unmetConfig, type MinimalKernelInputs } from "../../src/vm/image/minimal-kernel.ts";
 import { Control, encodeFrame, Frame, FRAME_HEADER, FRAME_MAX, FrameReader, readU32, SESSION_MAX, u32Payload } from "../../src/vm/channel.ts";
 import { qemuArgs } from "../../src/vm/qemu.ts";
@@ -369,6 +369,14 @@ describe("the QEMU command line", () => {
     expect(qemuArgs(vmConfig, sockets)).toEqual(expect.arrayContaining(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]));
   });
 
+  test("guest RAM from a file QEMU inherits as an fd: mapped 2 MiB-aligned, so the host can back it with huge pages", () => {
+    const args = qemuArgs(vmConfig, sockets, { fd: 4 });
+    expect(pairs(args)).toContain("-object memory-backend-file,id=mem,size=256M,share=on,mem-path=/proc/self/fd/4,align=2M");
+    expect(args.join(" ")).not.toContain("memory-backend-memfd");
+    // Still the one backend the machine names.
+    expect(args[1]).toContain("memory-backend=mem");
+  });
+
   test("the minimal kernel's VMs have no ACPI (QEMU puts virtio_mmio.device= on the command line); the stock kernel's do", () => {
     expect(qemuArgs({ ...vmConfig, acpi: false }, sockets)[1]).toMatch(/^microvm,.*,acpi=off$/);
     expect(qemuArgs({ ...vmConfig, acpi: true }, sockets)[1]).not.toContain("acpi");
@@ -554,6 +562,35 @@ describe("linux.resources in the guest's cgroup v2", () => {
   });
 });
 
+describe("the image's vmlinux without its symbol table (QEMU would load and sort it at every start)", () => {
+  /** An ELF64 file with a null section and one of sectionType. */
+  const elf = (sectionType: number) => {
+    const b = Buffer.alloc(64 + 2 * 64);
+    b.writeUInt32BE(0x7f454c46, 0);
+    b[4] = 2; // ELFCLASS64
+    b[5] = 1; // little-endian
+    b.writeBigUInt64LE(64n, 0x28); // e_shoff
+    b.writeUInt16LE(64, 0x3a); // e_shentsize
+    b.writeUInt16LE(2, 0x3c); // e_shnum
+    b.writeUInt32LE(sectionType, 64 + 64 + 4); // section 1's sh_type
+    return b;
+  };
+  test("a symbol table section is found; string tables, no sections and non-ELF files are not one", () => {
+    const dir = mkdtempSync(join(tmpdir(), "nkt-elf-"));
+    try {
+      const file = (name: string, data: Uint8Array) => (writeFileSync(join(dir, name), data), join(dir, name));
+      expect(hasSymbolTable(file("symtab", elf(2)))).toBe(true);
+      expect(hasSymbolTable(file("strtab", elf(3)))).toBe(false);
+      const noSections = elf(2);
+      noSections.writeUInt16LE(0, 0x3c);
+      expect(hasSymbolTable(file("none", noSections))).toBe(false);
+      expect(hasSymbolTable(file("text", Buffer.from("#!/bin/sh\n".padEnd(200, " "))))).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("virtiofsd's plan", () => {
   test("a private mount namespace (slave, so no bind reaches the host), the binds, then exec", () => {
     const ops = virtiofsdPlan({
@@ -581,7 +618,10 @@ describe("virtiofsd's plan", () => {
     expect(ops[0]!.args).toEqual([String(CLONE.NEWNS)]);
     expect(ops[6]!.args).toEqual(["", "/", "", String(MS.SLAVE | MS.REC), ""]);
     expect(ops[7]!.args).toEqual(["/b/rootfs", "/r/share/rootfs", "", String(MS.BIND | MS.REC), ""]);
-    expect(ops[11]!.args).toContain("--socket-path=/r/fs.sock");
+    // The vhost-user socket comes listening as fd 3 (the host process made it): CLOSE_FDS keeps exactly that one.
+    expect(ops[8]!.args).toEqual(["1"]);
+    expect(ops[11]!.args).toContain("--fd=3");
+    expect(ops[11]!.args.join(" ")).not.toContain("--socket-path");
     expect(ops[11]!.args).toContain("source=/r/share");
   });
 });
