@@ -4,7 +4,10 @@
  * a loop that speaks the channel protocol of agent.h with the host over a
  * virtio-serial port. It decides nothing: the host computed the plan, chose
  * the port, share and cgroup names (kernel command line: nk.port=, nk.share=,
- * nk.cgroup=), and the image builder chose the modules and their order.
+ * nk.cgroup=; nk.vsock=<port> instead of nk.port= for Firecracker, whose
+ * channel is a vsock stream), and the image builder chose the modules and
+ * their order. A rootfs that comes as a block image (no nk.share=) is
+ * mounted by the plan, not by the agent.
  *
  * Boot: mount /proc, /sys, /dev; load /modules/ *.ko in name order; move into
  * a tmpfs root (pivot_root refuses the initramfs itself, and the container's
@@ -46,6 +49,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/vm_sockets.h>
 
 #include "agent.h"
 #include "nk-exec.h"
@@ -309,7 +313,7 @@ static void share_readahead(void)
 		close(fd);
 }
 
-static void boot(char *port_name, size_t port_size)
+static void boot(char *port_name, size_t port_size, char *vsock_port, size_t vsock_size)
 {
 	char share[128], flag[8], cgroup[64];
 	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
@@ -339,6 +343,7 @@ static void boot(char *port_name, size_t port_size)
 	}
 	step("filesystems mounted");
 	cmdline_value("nk.port", port_name, port_size);
+	cmdline_value("nk.vsock", vsock_port, vsock_size);
 }
 
 /* Find /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name is `name`;
@@ -385,6 +390,36 @@ static int open_port(const char *name)
 	}
 	errno = ENOENT;
 	fatal("find the virtio-serial port named on the command line (nk.port)");
+}
+
+/*
+ * The channel over vsock (Firecracker, nk.vsock=<port>): listen on the port
+ * for any CID and take the one connection the host makes through
+ * Firecracker's unix socket ("CONNECT <port>"); the same frames follow.
+ * Only one connection is ever taken: the listening socket is closed at once.
+ */
+static int open_vsock(const char *port_text)
+{
+	char *end;
+	unsigned long vport = strtoul(port_text, &end, 10);
+	if (*end || vport == 0 || vport > 0xffffffffUL) {
+		errno = EINVAL;
+		fatal("nk.vsock: not a port number");
+	}
+	struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_port = (unsigned)vport, .svm_cid = VMADDR_CID_ANY};
+	int l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (l < 0)
+		fatal("vsock socket");
+	if (bind(l, (struct sockaddr *)&addr, sizeof addr) < 0)
+		fatal("bind the vsock port (nk.vsock)");
+	if (listen(l, 1) < 0)
+		fatal("listen on the vsock port");
+	int c;
+	while ((c = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
+		if (errno != EINTR)
+			fatal("accept the host's vsock connection");
+	close(l);
+	return c;
 }
 
 /* --------------------------------------------------------------- sessions */
@@ -886,7 +921,7 @@ enum { W_SYNC, W_OUT, W_ERR, W_IN, W_FIFO, W_LISTEN, W_CONN, W_MASTER };
 
 int main(void)
 {
-	char port_name[64];
+	char port_name[64], vsock_port[16];
 	sigset_t set;
 
 	if (getpid() != 1) {
@@ -904,8 +939,8 @@ int main(void)
 		fatal("signalfd");
 	signal(SIGPIPE, SIG_IGN);
 
-	boot(port_name, sizeof port_name);
-	port = open_port(port_name);
+	boot(port_name, sizeof port_name, vsock_port, sizeof vsock_port);
+	port = vsock_port[0] ? open_vsock(vsock_port) : open_port(port_name);
 	step("channel open");
 
 	char hello[64];

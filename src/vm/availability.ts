@@ -6,6 +6,7 @@
  * `vm check` is the thorough version.
  */
 import { qemuPath, virtiofsdPath, vmCacheDir } from "./config.ts";
+import { mkfsPath } from "./rootfs-image.ts";
 import { chooseAccelerator } from "./check.ts";
 import { findImage } from "./image/build.ts";
 
@@ -20,7 +21,8 @@ export async function vmFeatureAnnotations(): Promise<Record<string, string>> {
   const problems: string[] = [];
   const qemu = qemuPath();
   if (!qemu) problems.push("no qemu-system-x86_64");
-  if (!virtiofsdPath()) problems.push("no virtiofsd");
+  // Without virtiofsd the rootfs can still come as an ext4 image (rootfs-image.ts), which needs mkfs.ext4.
+  if (!virtiofsdPath() && !mkfsPath()) problems.push("no virtiofsd and no mkfs.ext4");
   const image = findImage(vmCacheDir());
   if (!image) problems.push(`no guest image in ${vmCacheDir()} (nk-runtime vm build-image)`);
   const out: Record<string, string> = {

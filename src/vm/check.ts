@@ -11,6 +11,7 @@ import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, s
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Frame, FrameReader } from "./channel.ts";
+import { mkfsPath } from "./rootfs-image.ts";
 import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, guestKernelKind, hostTscKhz, qemuPath, virtiofsdPath, vmCacheDir, type KernelKind } from "./config.ts";
 import type { Accelerator } from "./driver.ts";
 import { currentInputs, findImage, imageStatus, type GuestImage } from "./image/build.ts";
@@ -141,7 +142,8 @@ export async function vmCheck(opts: { probe: boolean }): Promise<CheckReport> {
   const version = qemuVersion(qemu);
   if (!qemu) problems.push("no qemu-system-x86_64 (apt-get install qemu-system-x86)");
   const virtiofsd = virtiofsdPath();
-  if (!virtiofsd) problems.push("no virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd)");
+  // Without virtiofsd the rootfs can still come as an ext4 image (rootfs-image.ts), which needs mkfs.ext4.
+  if (!virtiofsd && !mkfsPath()) problems.push("no virtiofsd (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) and no mkfs.ext4 for a block rootfs (e2fsprogs)");
   let image: CheckReport["image"];
   const existing = findImage(dir);
   try {
@@ -170,7 +172,7 @@ export async function vmCheck(opts: { probe: boolean }): Promise<CheckReport> {
     virtiofsd: { path: virtiofsd },
     firecracker: {
       path: firecrackerPath(),
-      note: firecrackerPath() ? "found (driver follows the documented API; rootfs sharing needs a block image: not implemented)" : "not installed (the Firecracker driver is untested here)",
+      note: firecrackerPath() ? "found (driver follows the documented API, untested here: the rootfs as a block image, the channel over vsock; NK_VM_DRIVER=firecracker)" : "not installed (the Firecracker driver is untested here)",
     },
     image,
     accelerator,
@@ -186,7 +188,7 @@ export function formatCheck(r: CheckReport): string {
   if (r.kvm.probe) lines.push(`kvm probe:    ${r.kvm.probe.ok ? "boots the guest" : "fails"} -- ${r.kvm.probe.reason} (${r.kvm.probe.probedAt})`);
   lines.push(
     `qemu:         ${r.qemu.path ? `${r.qemu.path} (${r.qemu.version ?? "version unknown"})` : "not found"}`,
-    `virtiofsd:    ${r.virtiofsd.path ?? "not found"}`,
+    `virtiofsd:    ${r.virtiofsd.path ?? `not found -- the rootfs comes as a block image (${mkfsPath() ?? "but no mkfs.ext4"}); bind mounts are refused`}`,
     `firecracker:  ${r.firecracker.path ? `${r.firecracker.path} -- ` : ""}${r.firecracker.note}`,
     `guest image:  ${r.image.state}${r.image.release ? ` (${r.image.kernel} kernel ${r.image.release}, ACPI ${r.image.acpi ? "on" : "off"})` : ""} in ${r.image.dir} -- ${r.image.reason}`,
     `accelerator:  ${r.accelerator ? `${r.accelerator.accel} -- ${r.accelerator.reason}` : "- (needs qemu and a guest image)"}`,

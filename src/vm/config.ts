@@ -61,6 +61,8 @@ export const GUEST_MODULES = ["virtio_mmio", "virtio_console", "virtiofs", "over
 /** Names shared by the host side and the agent (which learns them from the kernel command line). */
 export const CHANNEL_PORT_NAME = "nk.0";
 export const SHARE_TAG = "nkshare";
+/** Firecracker: the vsock port the agent listens on (nk.vsock=) and the host connects to through Firecracker's unix socket. */
+export const AGENT_VSOCK_PORT = 1024;
 /** Where the agent mounts the share, and so where the guest plan finds the rootfs and bind sources. */
 export const GUEST_SHARE_DIR = "/run/nk/share";
 export const GUEST_FIFO_DIR = "/run/nk";
@@ -134,7 +136,7 @@ export function hostTscKhz(): number | undefined {
  * minimal kernel has none of those drivers or defaults, and an unknown
  * parameter would be handed to the agent's environment.
  */
-export function guestCmdline(opts: { kernel?: KernelKind; accel?: "kvm" | "tcg"; tscKhz?: number; share: boolean; extra?: string }): string {
+export function guestCmdline(opts: { kernel?: KernelKind; accel?: "kvm" | "tcg"; tscKhz?: number; share: boolean; extra?: string; vsockPort?: number }): string {
   const parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "reboot=t", "mitigations=off", "random.trust_cpu=on", "no_timer_check", "noreplace-smp"];
   if (opts.accel === "tcg") parts.push("tsc=reliable");
   // Debian's stock kernel, with ACPI, never fires a timer without its local APIC timer (a sleep hangs): minimal kernel only.
@@ -142,7 +144,8 @@ export function guestCmdline(opts: { kernel?: KernelKind; accel?: "kvm" | "tcg";
   if (opts.kernel !== "minimal") {
     parts.push("i8042.noaux", "i8042.nomux", "i8042.nokbd", "i8042.nopnp", "8250.nr_uarts=1", "pci=off", "cryptomgr.notests", "init_on_alloc=0");
   }
-  parts.push(`nk.port=${CHANNEL_PORT_NAME}`, `nk.cgroup=${GUEST_CGROUP.slice(GUEST_CGROUP.lastIndexOf("/") + 1)}`);
+  // The channel: a virtio-serial port by name (QEMU), or a vsock port the agent listens on (Firecracker).
+  parts.push(opts.vsockPort ? `nk.vsock=${opts.vsockPort}` : `nk.port=${CHANNEL_PORT_NAME}`, `nk.cgroup=${GUEST_CGROUP.slice(GUEST_CGROUP.lastIndexOf("/") + 1)}`);
   if (opts.tscKhz) parts.push(`tsc_early_khz=${opts.tscKhz}`);
   if (opts.share) parts.push(`nk.share=${SHARE_TAG}`);
   if (opts.extra) parts.push(opts.extra);

@@ -1,7 +1,9 @@
 /**
  * VM-mode lifecycle, the counterpart of src/linux/container.ts for a
  * container that lives in its own microVM. `create` computes everything on
- * the host (the guest plan, the VM's size, the accelerator), writes it as
+ * the host (the guest plan, the VM's size, the accelerator, and how the
+ * rootfs reaches the guest: a virtiofs share, or an ext4 image made in the
+ * state directory, rootfs-image.ts), writes it as
  * vm.json and starts the host process (host.ts), which boots the VM and
  * reports back once the container's init is ready. From then on the host
  * process is the container as far as state, `start` (the same exec fifo),
@@ -21,8 +23,9 @@ import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { mkfifo } from "../util/libc.ts";
 import { projectHome } from "../util/home.ts";
 import { chooseAccelerator } from "./check.ts";
-import { agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
-import { VmError } from "./driver.ts";
+import { AGENT_VSOCK_PORT, agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
+import { VmError, type VmConfig } from "./driver.ts";
+import { checkBlockRootfs, GUEST_ROOT_DEVICE, makeRootfsImage, ROOTFS_IMAGE_NAME, selectRootfsSharing } from "./rootfs-image.ts";
 import { findImage, sha256File } from "./image/build.ts";
 import { readLaunch, readPids, writeLaunch, writePids, type ProcRef, type VmLaunch } from "./launch.ts";
 import { inspectNetns, unwireMirror } from "./network.ts";
@@ -107,22 +110,34 @@ export async function createVmContainer(
   }
   const driver = process.env.NK_VM_DRIVER === "firecracker" || (!qemuPath() && firecrackerPath()) ? "firecracker" : "qemu";
   if (driver === "qemu" && !qemuPath()) throw new VmError("no-hypervisor", "VM mode: qemu-system-x86_64 not found (apt-get install qemu-system-x86, or set NK_QEMU)");
+  if (driver === "firecracker" && !firecrackerPath()) throw new VmError("no-hypervisor", "VM mode: firecracker not found (put it on PATH, or set NK_FIRECRACKER)");
   const virtiofsd = virtiofsdPath();
-  if (driver === "qemu" && !virtiofsd) throw new VmError("no-virtiofsd", "VM mode: virtiofsd not found (Debian's qemu-system-common has /usr/lib/qemu/virtiofsd; or set NK_VIRTIOFSD)");
-  if (driver === "firecracker") throw new VmError("vm-unsupported", "VM mode with Firecracker: the rootfs block image is not implemented yet; use QEMU");
+  // The rootfs: a virtiofs share, or an ext4 image (Firecracker, no virtiofsd, or the annotation). Refused before anything is made.
+  const rootfsSharing = selectRootfsSharing(spec, { driver, virtiofsd: virtiofsd !== undefined });
+  const block = rootfsSharing.sharing === "block";
+  if (block) checkBlockRootfs(spec, rootfsSharing.reason);
+  ctx.log.debug(`vm ${id}: rootfs through ${block ? "a block image (ext4)" : "virtiofs"}: ${rootfsSharing.reason}`);
 
   const lock = ctx.store.claim(id);
   const stateDir = ctx.store.dir(id);
   let child: ChildProcess | undefined;
+  // mkfs.ext4 runs while the rest of create plans (accelerator, network, seccomp, the guest plan).
+  let imaging: Promise<{ made: Awaited<ReturnType<typeof makeRootfsImage>> } | { error: unknown }> | undefined;
   try {
     const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "vm" });
     ctx.store.write(record);
-    const accel = await chooseAccelerator(image, { probe: true });
+    const imagePath = join(stateDir, ROOTFS_IMAGE_NAME);
+    if (block) imaging = makeRootfsImage(rootfs, imagePath).then((made) => ({ made }), (error: unknown) => ({ error }));
+    // Firecracker runs on KVM only; QEMU's accelerator is probed.
+    const accel = driver === "firecracker" ? { accel: "kvm" as const, reason: "Firecracker needs KVM" } : await chooseAccelerator(image, { probe: true });
     ctx.log.debug(`vm ${id}: accelerator ${accel.accel} (${accel.reason})`);
     ctx.tracer.runtime(`accelerator ${accel.accel}: ${accel.reason}`, "vm");
     // The client's network namespace (podman/CNI, a test): its interfaces are mirrored into the VM.
     const netnsIndex = (spec.linux?.namespaces ?? []).findIndex((ns) => ns.type === "network" && ns.path);
     const inspected = netnsIndex >= 0 ? inspectNetns(spec.linux!.namespaces![netnsIndex]!.path!, netnsIndex, id) : undefined;
+    if (driver === "firecracker" && inspected?.network.interfaces.length) {
+      throw new VmError("vm-unsupported", `linux.namespaces[${netnsIndex}]: the Firecracker driver cannot take network interfaces yet (use QEMU, or --network none)`);
+    }
     if (inspected) ctx.log.debug(`vm ${id}: network ${inspected.network.netnsPath}: ${inspected.network.interfaces.map((i) => `${i.name} ${i.mac} via ${i.tap}`).join(", ") || "no interface to mirror"}`);
     const guest = buildGuestPlan({
       spec,
@@ -130,6 +145,7 @@ export async function createVmContainer(
       rootfs,
       containerId: id,
       network: inspected?.network,
+      rootDevice: block ? { device: GUEST_ROOT_DEVICE, readOnly: spec.root?.readonly === true } : undefined,
       noPivot: opts.noPivot,
       noNewKeyring: opts.noNewKeyring,
       seccomp: await compileContainerSeccomp(spec, ctx, { id, bundle, listenerAllowed: false }),
@@ -151,6 +167,16 @@ export async function createVmContainer(
     const err = mkfifo(hostFifo, 0o622);
     if (err) throw new VmError("fifo-failed", `mkfifo ${hostFifo}: errno ${err}`);
     const size = vmSize(spec);
+    let rootDrive: VmConfig["rootDrive"];
+    if (imaging) {
+      const imaged = await imaging;
+      if ("error" in imaged) throw imaged.error;
+      const { made } = imaged;
+      rootDrive = { path: imagePath, readOnly: spec.root?.readonly === true };
+      ctx.log.debug(`vm ${id}: rootfs image ${imagePath}: ${made.sizeMiB} MiB, ${made.inodes} inodes, ${Math.round(made.usedBytes / 1024)} KiB of files, made in ${made.ms} ms`);
+      ctx.tracer.runtime(`rootfs image ${imagePath} (${made.sizeMiB} MiB, mkfs.ext4 -d in ${made.ms} ms)`, "vm");
+    }
+    const vsockPort = driver === "firecracker" ? AGENT_VSOCK_PORT : undefined;
     const launch: VmLaunch = {
       id,
       driver,
@@ -158,18 +184,20 @@ export async function createVmContainer(
         runDir,
         kernel: image.vmlinux,
         initramfs: image.initramfs,
-        cmdline: guestCmdline({ kernel: image.kernel, accel: accel.accel, tscKhz: hostTscKhz(), share: true, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+        cmdline: guestCmdline({ kernel: image.kernel, accel: accel.accel, tscKhz: hostTscKhz(), share: !block, vsockPort, extra: process.env.NK_VM_CMDLINE_EXTRA }),
         acpi: image.acpi,
         memoryMiB: size.memoryMiB,
         vcpus: size.vcpus,
         accel: accel.accel,
         channelName: CHANNEL_PORT_NAME,
-        share: { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
+        share: block ? undefined : { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
+        rootDrive,
+        vsockPort,
         startTimeoutMs: 10_000,
         nics: inspected?.network.interfaces.map((i) => ({ mac: i.mac })),
       },
       network: inspected?.network,
-      virtiofsd: { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
+      virtiofsd: block ? undefined : { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
       ops: guest.ops,
       hostFifo,
       guestFifo: guest.guestFifo,
@@ -187,6 +215,7 @@ export async function createVmContainer(
     return await launchStandIn(ctx, { record, stateDir, verb: "host", opts, onChild: (c) => (child = c) });
   } catch (error) {
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await imaging; // a mkfs still writing would leave its image behind the removal
     await destroyVm(stateDir);
     ctx.store.remove(id);
     throw error;
@@ -278,6 +307,8 @@ export async function destroyVm(stateDir: string): Promise<void> {
       writePids(stateDir, { ...pids, networkWired: false });
     } catch {}
   }
+  // The block rootfs (in the state directory, which `delete` removes too; named here for a state dir kept by a failed removal).
+  if (launch?.vm.rootDrive) rmSync(launch.vm.rootDrive.path, { force: true });
   const runDir = launch?.vm.runDir;
   if (runDir && !runDir.startsWith(`${stateDir}/`)) rmSync(runDir, { recursive: true, force: true });
 }

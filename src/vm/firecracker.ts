@@ -1,37 +1,60 @@
 /**
  * The Firecracker driver, following its documented HTTP API on a unix socket
  * (firecracker --api-sock): PUT /machine-config, /boot-source (the same ELF
- * vmlinux and initramfs), /vsock, then PUT /actions InstanceStart. The
- * channel is a vsock stream: the host connects to the vsock's unix socket and
- * says "CONNECT <port>\n"; Firecracker answers "OK <n>\n" and joins it to the
- * agent listening on that port (nk.vsock=<port> on the kernel command line).
+ * vmlinux and initramfs), /drives/rootfs (the rootfs block image,
+ * rootfs-image.ts: Firecracker has no virtiofs), /vsock, then PUT /actions
+ * InstanceStart. The channel is a vsock stream: the host connects to the
+ * vsock's unix socket and says "CONNECT <port>\n"; Firecracker answers
+ * "OK <host port>\n" and joins it to the agent listening on that port
+ * (nk.vsock=<port> on the kernel command line); then the same frames as over
+ * QEMU's virtio-serial port (channel.ts).
  *
- * UNTESTED HERE: no firecracker binary can be installed on this machine, so
- * its tests skip with a reason. Firecracker has no virtiofs; a VM-mode
- * container needs its rootfs as a block image there, which is not
- * implemented yet (create refuses the Firecracker driver for that reason).
+ * UNTESTED HERE: no firecracker binary can be installed on this machine and
+ * it has no vsock transport (no /dev/vhost-vsock), so only the request
+ * bodies and the vsock handshake (against a fake unix socket server) are
+ * unit-tested.
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createConnection, type Socket } from "node:net";
-import { existsSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { firecrackerPath } from "./config.ts";
+import { AGENT_VSOCK_PORT, firecrackerPath } from "./config.ts";
 import { VmError, type HypervisorDriver, type RunningVm, type VmConfig } from "./driver.ts";
 
-export const VSOCK_PORT = 1024;
+export const VSOCK_PORT = AGENT_VSOCK_PORT;
+/** The guest's context id (0-2 are reserved: hypervisor, local, host). */
 const GUEST_CID = 3;
 
 /** The API calls, in order, for a config (pure: unit-tested against the documented shapes). */
 export function firecrackerRequests(c: VmConfig, vsockPath: string): Array<{ path: string; body: object }> {
+  if (!c.rootDrive) throw new VmError("vm-unsupported", "Firecracker has no virtiofs: the rootfs must come as a block image");
   return [
     { path: "/machine-config", body: { vcpu_count: c.vcpus, mem_size_mib: c.memoryMiB, smt: false } },
     { path: "/boot-source", body: { kernel_image_path: c.kernel, initrd_path: c.initramfs, boot_args: c.cmdline } },
+    // The guest boots from the initramfs (the agent is /init); the image is its first virtio-blk device, /dev/vda, which the plan mounts.
+    { path: "/drives/rootfs", body: { drive_id: "rootfs", path_on_host: c.rootDrive.path, is_root_device: true, is_read_only: c.rootDrive.readOnly } },
     { path: "/vsock", body: { guest_cid: GUEST_CID, uds_path: vsockPath } },
     { path: "/actions", body: { action_type: "InstanceStart" } },
   ];
 }
 
-async function api(socket: string, path: string, body: object): Promise<void> {
+/**
+ * Firecracker's answer to "CONNECT <port>\n" on its vsock unix socket:
+ * "OK <host port>\n" once the guest accepted, anything else (or a hang-up)
+ * when nothing listens on the port yet. undefined while the line is
+ * incomplete; `rest` is what followed the line (the agent's first frames).
+ */
+export function parseVsockAnswer(received: Buffer): { ok: true; hostPort: number; rest: Buffer } | { ok: false; line: string } | undefined {
+  const nl = received.indexOf(0x0a);
+  if (nl < 0) return received.length > 64 ? { ok: false, line: received.toString("latin1").slice(0, 64) } : undefined;
+  const line = received.subarray(0, nl).toString("latin1");
+  const m = /^OK (\d+)$/.exec(line);
+  if (!m) return { ok: false, line };
+  return { ok: true, hostPort: Number(m[1]), rest: received.subarray(nl + 1) };
+}
+
+/** One PUT to Firecracker's API socket; anything but 204/200 is an error with Firecracker's fault message. */
+export async function api(socket: string, path: string, body: object): Promise<void> {
   const res = await fetch(`http://localhost${path}`, {
     method: "PUT",
     unix: socket,
@@ -43,26 +66,46 @@ async function api(socket: string, path: string, body: object): Promise<void> {
   }
 }
 
-/** Connect to the guest's vsock port through Firecracker's unix socket (retries until the agent listens). */
-async function connectVsock(path: string, port: number, deadline: number): Promise<Socket> {
+/**
+ * Connect to the guest's vsock port through Firecracker's unix socket
+ * (retries until the agent listens: before that Firecracker closes the
+ * connection). Exported for the unit test's fake server.
+ */
+export async function connectVsock(path: string, port: number, deadline: number): Promise<Socket> {
   for (;;) {
     try {
       return await new Promise<Socket>((resolve, reject) => {
         const s = createConnection(path);
-        let answer = "";
+        let received = Buffer.alloc(0);
+        const fail = (e: Error) => {
+          s.destroy();
+          reject(e);
+        };
         const onData = (b: Buffer) => {
-          answer += b.toString("latin1");
-          const nl = answer.indexOf("\n");
-          if (nl < 0) return;
+          received = Buffer.concat([received, b]);
+          const answer = parseVsockAnswer(received);
+          if (!answer) return;
           s.off("data", onData);
-          if (!answer.startsWith("OK ")) return reject(new Error(answer.trim()));
-          const rest = Buffer.from(answer.slice(nl + 1), "latin1");
-          if (rest.length) s.unshift(rest);
+          s.off("close", onClose);
+          s.off("error", fail);
+          if (!answer.ok) return fail(new Error(`firecracker answered ${JSON.stringify(answer.line)}`));
+          // What came after the line is the agent's first frames. The stream stays paused until the host's
+          // reader attaches: then those bytes first, then the rest (unshift() would lose them in Bun).
+          s.pause();
+          s.on("newListener", function handOver(event: string) {
+            if (event !== "data") return;
+            s.off("newListener", handOver);
+            queueMicrotask(() => {
+              if (answer.rest.length) s.emit("data", answer.rest);
+              s.resume();
+            });
+          });
           resolve(s);
         };
+        const onClose = () => fail(new Error("closed before an answer"));
         s.on("data", onData);
-        s.once("error", reject);
-        s.once("close", () => reject(new Error("closed")));
+        s.once("error", fail);
+        s.once("close", onClose);
         s.once("connect", () => s.write(`CONNECT ${port}\n`));
       });
     } catch (e) {
@@ -85,7 +128,14 @@ export class FirecrackerDriver implements HypervisorDriver {
     if (!binary) throw new VmError("no-hypervisor", this.unavailable()!);
     const apiSock = join(c.runDir, "firecracker.sock");
     const vsockPath = join(c.runDir, "vsock.sock");
-    const child = spawn(binary, ["--api-sock", apiSock], { stdio: ["ignore", "ignore", "pipe"] });
+    // The guest's serial console is Firecracker's stdout: into console.log, where the host process looks when the guest fails.
+    const consoleLog = openSync(join(c.runDir, "console.log"), "a");
+    let child: ChildProcess;
+    try {
+      child = spawn(binary, ["--api-sock", apiSock], { stdio: ["ignore", consoleLog, "pipe"] });
+    } finally {
+      closeSync(consoleLog);
+    }
     let stderr = "";
     child.stderr!.on("data", (b: Buffer) => {
       if (stderr.length < 16384) stderr += b.toString("utf8");
@@ -98,7 +148,7 @@ export class FirecrackerDriver implements HypervisorDriver {
         await Bun.sleep(2);
       }
       for (const r of firecrackerRequests(c, vsockPath)) await api(apiSock, r.path, r.body);
-      const channel = await connectVsock(vsockPath, VSOCK_PORT, deadline);
+      const channel = await connectVsock(vsockPath, c.vsockPort ?? VSOCK_PORT, deadline);
       return {
         pid: child.pid!,
         channel,

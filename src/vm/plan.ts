@@ -5,7 +5,9 @@
  * Guest facts: the rootfs and every bind source reach the guest through one
  * virtiofs share, mounted by the agent at GUEST_SHARE_DIR; the share holds
  * `rootfs` and `m<i>` for mounts[i]'s source (the host side binds them there,
- * see virtiofsd.ts). The guest has cgroup v2 only; the container gets the
+ * see virtiofsd.ts) -- or, for a block rootfs (rootfs-image.ts), the
+ * container's init mounts the image's device at GUEST_BLOCK_ROOTFS and
+ * there is no share. The guest has cgroup v2 only; the container gets the
  * agent's cgroup with linux.resources applied (guest-cgroup.ts). stage0 stays as the
  * container's parent (MONITOR), so the agent's child exits with the
  * container's status. The exec fifo lives in the guest; `start` on the host
@@ -14,7 +16,8 @@
 import type { Mount, Spec } from "../spec/types.ts";
 import { buildContainerPlan, type CompiledSeccompFilter } from "../plan/build.ts";
 import { parseMountOptions } from "../plan/mount-options.ts";
-import { OpCode, type PlanOp } from "../plan/ops.ts";
+import { MS } from "../plan/constants.ts";
+import { OpCode, Section, type PlanOp } from "../plan/ops.ts";
 import { GUEST_CGROUP, GUEST_FIFO_DIR, GUEST_SHARE_DIR } from "./config.ts";
 import { guestCgroupOps } from "./guest-cgroup.ts";
 import { guestNetworkOps, type VmNetwork } from "./network.ts";
@@ -46,6 +49,13 @@ export interface GuestPlanInput {
    * cgroup keeps the sandbox's limits.
    */
   podMember?: { name: string; sandboxGuestPid: number };
+  /**
+   * The rootfs as a block image (rootfs-image.ts) instead of the share: the
+   * container's init mounts this device (ext4; read-only for root.readonly)
+   * at GUEST_BLOCK_ROOTFS in its own mount namespace, first thing. No share
+   * entries then: bind mounts are refused (nothing could carry them).
+   */
+  rootDevice?: { device: string; readOnly: boolean };
 }
 
 export interface GuestPlan {
@@ -63,6 +73,9 @@ const NS_FILE: Record<string, string> = { pid: "pid", network: "net", mount: "mn
 
 /** The guest socket on which the agent takes the pty master of session 0 (the container's init). */
 export const GUEST_INIT_CONSOLE = `${GUEST_FIFO_DIR}/tty-0.sock`;
+
+/** Where a block rootfs is mounted in the container's mount namespace (made by the mount op, in the agent's /run tmpfs). */
+export const GUEST_BLOCK_ROOTFS = `${GUEST_FIFO_DIR}/rootfs`;
 
 /** What VM mode cannot do (yet): refused with the field's name, never silently dropped. */
 export function checkVmSupport(spec: Spec, opts: { consoleSocket?: string; preserveFds: number; foreground?: boolean }): void {
@@ -93,12 +106,15 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   const member = input.podMember;
   // Share entry names: one VM's share holds the entries of every container of its pod.
   const shareName = (base: string) => (member ? `${member.name}-${base}` : base);
-  const shares: ShareEntry[] = [{ name: shareName("rootfs"), hostPath: input.rootfs, isDirectory: true }];
-  const guestRootfs = `${GUEST_SHARE_DIR}/${shareName("rootfs")}`;
+  const block = input.rootDevice;
+  if (block && member) throw new VmError("vm-unsupported", "a container that joins its pod's VM cannot have a block rootfs (the pod shares through virtiofs)");
+  const shares: ShareEntry[] = block ? [] : [{ name: shareName("rootfs"), hostPath: input.rootfs, isDirectory: true }];
+  const guestRootfs = block ? GUEST_BLOCK_ROOTFS : `${GUEST_SHARE_DIR}/${shareName("rootfs")}`;
   const guestIsDirectory = new Map<string, boolean>();
 
   const mounts: Mount[] = (spec.mounts ?? []).map((m, i) => {
     if (!parseMountOptions(m.options, m.type).bind) return m;
+    if (block) throw new VmError("vm-unsupported", `mounts[${i}] (${m.destination}): a bind mount cannot reach a VM whose rootfs is a block image`);
     const hostPath = m.source?.startsWith("/") ? m.source : `${input.bundle}/${m.source ?? ""}`;
     const entry: ShareEntry = { name: shareName(`m${i}`), hostPath, isDirectory: input.isDirectory(hostPath) };
     shares.push(entry);
@@ -147,7 +163,8 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   if (member && spec.linux?.resources && Object.keys(spec.linux.resources).some((k) => k !== "devices")) {
     notes.push("linux.resources: not applied to a container that joins its pod's VM (the sandbox's limits size and bound the VM)");
   }
-  const ops = input.network ? withGuestNetwork(plan.ops, input.network) : plan.ops;
+  const planOps = block ? withBlockRootfs(plan.ops, block) : plan.ops;
+  const ops = input.network ? withGuestNetwork(planOps, input.network) : planOps;
   return {
     ops: [...cgroup.ops, ...ops],
     shares,
@@ -156,6 +173,30 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
     guestConsole: spec.process?.terminal ? guestConsole : undefined,
     notes: [...notes, ...cgroup.notes, ...plan.notes],
   };
+}
+
+/**
+ * The block rootfs, mounted by the container's init in its new mount
+ * namespace before anything else touches its root: after the planner
+ * makes "/" a slave (or private), so the ext4 mount never propagates to the
+ * agent's namespace, and before the rootfs is bound onto itself. MOUNT_IN_ROOT makes the mount point
+ * in the agent's /run tmpfs (GUEST_FIFO_DIR exists from boot).
+ */
+function withBlockRootfs(ops: PlanOp[], block: { device: string; readOnly: boolean }): PlanOp[] {
+  const release = ops.findIndex((op) => op.section === Section.Init && op.code === OpCode.WAIT_RELEASE);
+  if (release < 0) throw new VmError("vm-plan", "the guest plan has no init to mount the block rootfs in");
+  // After the planner's propagation change of "/" (rslave/rprivate), before anything mounts onto the rootfs.
+  const propagation = ops.findIndex((op, i) => i > release && op.code === OpCode.MOUNT && op.args[0] === "" && op.args[1] === "/");
+  const firstUse = ops.findIndex((op, i) => i > release && op.args.includes(GUEST_BLOCK_ROOTFS));
+  const at = propagation > 0 && (firstUse < 0 || propagation < firstUse) ? propagation + 1 : release + 1;
+  const name = GUEST_BLOCK_ROOTFS.slice(GUEST_FIFO_DIR.length + 1);
+  const mount: PlanOp = {
+    code: OpCode.MOUNT_IN_ROOT,
+    section: Section.Init,
+    source: `vm: the rootfs block image (${block.device}, ext4${block.readOnly ? ", read-only: root.readonly" : ""})`,
+    args: [GUEST_FIFO_DIR, name, block.device, "ext4", String(block.readOnly ? MS.RDONLY : 0), "", "dir", "1"],
+  };
+  return [...ops.slice(0, at), mount, ...ops.slice(at)];
 }
 
 /**

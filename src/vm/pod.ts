@@ -35,6 +35,7 @@ import { newContainerRecord, validateContainerId, type ContainerRecord } from ".
 import { isSameLiveProcess, readProcStat } from "../state/proc.ts";
 import { mkfifo } from "../util/libc.ts";
 import type { Logger } from "../util/log.ts";
+import { ROOTFS_ANNOTATION } from "./rootfs-image.ts";
 import { VmError } from "./driver.ts";
 import { runExecRelay, type VmExecRequest } from "./exec.ts";
 import { memberPath, readJson, readLaunch, readPids, writeJsonAtomic, writePids, type VmPids } from "./launch.ts";
@@ -131,6 +132,13 @@ export async function createVmMember(
   }
   const sandboxDir = ctx.store.dir(sandbox.id);
   const sandboxLaunch = readLaunch(sandboxDir);
+  // A member's rootfs joins the sandbox's running virtiofs share: a block rootfs has neither (rootfs-image.ts).
+  if (spec.annotations?.[ROOTFS_ANNOTATION] === "block") {
+    throw new VmError("vm-unsupported", `annotations["${ROOTFS_ANNOTATION}"]: a container that joins its pod's VM cannot have a block rootfs (the pod shares through virtiofs)`);
+  }
+  if (sandboxLaunch.vm.rootDrive) {
+    throw new VmError("vm-unsupported", `container ${id}: its pod's sandbox ${sandbox.id} has its rootfs as a block image and no virtiofs share; a pod's containers need virtiofs`);
+  }
   const sandboxPids = readPids(sandboxDir);
   const virtiofsd = sandboxPids?.virtiofsd;
   const sandboxInit = sandboxPids?.guestInit?.pid;

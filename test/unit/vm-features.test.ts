@@ -11,7 +11,7 @@ import { VM_FEATURE_ANNOTATIONS, vmFeatureAnnotations } from "../../src/vm/avail
 const saved = { ...process.env };
 const dirs: string[] = [];
 afterEach(() => {
-  for (const k of ["NK_QEMU", "NK_VIRTIOFSD", "NK_VM_CACHE"]) {
+  for (const k of ["NK_QEMU", "NK_VIRTIOFSD", "NK_MKFS_EXT4", "NK_VM_CACHE"]) {
     if (saved[k] === undefined) delete process.env[k];
     else process.env[k] = saved[k];
   }
@@ -24,10 +24,11 @@ describe("VM mode in `features`", () => {
     dirs.push(empty);
     process.env.NK_QEMU = join(empty, "no-qemu");
     process.env.NK_VIRTIOFSD = join(empty, "no-virtiofsd");
+    process.env.NK_MKFS_EXT4 = join(empty, "no-mkfs.ext4");
     process.env.NK_VM_CACHE = empty;
     const a = await vmFeatureAnnotations();
     expect(a[VM_FEATURE_ANNOTATIONS.modes]).toBe("container,vm");
-    expect(a[VM_FEATURE_ANNOTATIONS.vm]).toBe(`unavailable: no qemu-system-x86_64; no virtiofsd; no guest image in ${empty} (nk-runtime vm build-image)`);
+    expect(a[VM_FEATURE_ANNOTATIONS.vm]).toBe(`unavailable: no qemu-system-x86_64; no virtiofsd and no mkfs.ext4; no guest image in ${empty} (nk-runtime vm build-image)`);
     // Without an image and a hypervisor there is no accelerator to name.
     expect(a[VM_FEATURE_ANNOTATIONS.accelerator]).toBeUndefined();
   });

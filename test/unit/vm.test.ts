@@ -405,10 +405,12 @@ describe("the QEMU command line", () => {
 });
 
 describe("the Firecracker API requests (documented shapes; the driver is untested here)", () => {
-  test("machine-config, boot-source, vsock, then InstanceStart", () => {
-    expect(firecrackerRequests(vmConfig, "/run/x/vsock.sock")).toEqual([
+  test("machine-config, boot-source, the rootfs drive, vsock, then InstanceStart", () => {
+    const config = { ...vmConfig, share: undefined, rootDrive: { path: "/s/rootfs.img", readOnly: true } };
+    expect(firecrackerRequests(config, "/run/x/vsock.sock")).toEqual([
       { path: "/machine-config", body: { vcpu_count: 2, mem_size_mib: 256, smt: false } },
       { path: "/boot-source", body: { kernel_image_path: "/c/vmlinux", initrd_path: "/c/initramfs.cpio", boot_args: "console=ttyS0 nk.port=nk.0" } },
+      { path: "/drives/rootfs", body: { drive_id: "rootfs", path_on_host: "/s/rootfs.img", is_root_device: true, is_read_only: true } },
       { path: "/vsock", body: { guest_cid: 3, uds_path: "/run/x/vsock.sock" } },
       { path: "/actions", body: { action_type: "InstanceStart" } },
     ]);
