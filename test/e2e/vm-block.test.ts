@@ -6,21 +6,21 @@
  * image; bind mounts from the spec are refused by name; `delete` removes the
  * image. Every test checks that nothing of its container is left.
  */
-import { afterEach, describe, expect } from "bun:test";
+import { describe, expect } from "bun:test";
 import { closeSync, existsSync, openSync, readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
-import { deleteForce, newBundle, ok, rt, startContainer, stateRoot, testIf, waitForStatus } from "../helpers/runtime.ts";
+import { ok, rt, startContainer, stateRoot, testIf, waitForStatus } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
-import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
 const SKIP = vmSkipReason() ?? (which("mkfs.ext4") || existsSync("/usr/sbin/mkfs.ext4") ? null : "mkfs.ext4 is not installed (apt-get install e2fsprogs)");
 let imageError = "";
 
 const BLOCK = { "io.nanokata.vm.rootfs": "block" };
 
-const used: string[] = [];
+const checkedBundle = bundlesCheckedAfterEach();
 function blockBundle(args: string[], override?: (c: Record<string, any>) => void, copyRootfs = false): Bundle {
-  const b = newBundle({
+  return checkedBundle({
     args,
     copyRootfs,
     override: (c) => {
@@ -28,16 +28,7 @@ function blockBundle(args: string[], override?: (c: Record<string, any>) => void
       override?.(c);
     },
   });
-  used.push(b.id);
-  return b;
 }
-
-afterEach(async () => {
-  for (const id of used.splice(0)) {
-    deleteForce(id);
-    await expectNothingLeft(id);
-  }
-});
 
 if (!SKIP) imageError = ensureVmImage();
 
@@ -98,8 +89,7 @@ describe("VM mode with a block rootfs (mkfs.ext4 -d, virtio-blk)", () => {
     const exec = vrt(["exec", b.id, "sh", "-c", "grep ' / ' /proc/mounts"]);
     expect({ code: exec.code, out: exec.stdout }).toEqual({ code: 0, out: expect.stringMatching(/^\/dev\/vda \/ ext4 ro[ ,]/) });
     // A container that would join this VM as a pod member: refused (members join the sandbox's virtiofs share).
-    const member = newBundle({ args: ["true"], override: (c) => void (c.annotations = { "io.nanokata.sandbox": b.id }) });
-    used.push(member.id);
+    const member = checkedBundle({ args: ["true"], override: (c) => void (c.annotations = { "io.nanokata.sandbox": b.id }) });
     const joined = vrt(["run", "--bundle", member.dir, member.id]);
     expect(joined.code).not.toBe(0);
     expect(joined.stderr).toContain(`its pod's sandbox ${b.id} has its rootfs as a block image and no virtiofs share`);
@@ -123,8 +113,7 @@ describe("VM mode with a block rootfs (mkfs.ext4 -d, virtio-blk)", () => {
   }, VM_TIMEOUT);
 
   testIf(SKIP, "without virtiofsd the rootfs comes as a block image by itself, and --debug says why", () => {
-    const b = newBundle({ args: ["sh", "-c", "grep ' / ' /proc/mounts"] });
-    used.push(b.id);
+    const b = checkedBundle({ args: ["sh", "-c", "grep ' / ' /proc/mounts"] });
     const r = vrt(["--debug", "run", "--bundle", b.dir, b.id], { env: { ...VM_ENV, NK_VIRTIOFSD: "/nonexistent/virtiofsd" } });
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^\/dev\/vda \/ ext4 ro[ ,]/);

@@ -5,13 +5,13 @@
  * "nothing of this container is left" check (no state directory, no qemu,
  * virtiofsd, host process or stand-in that names it).
  */
-import { expect } from "bun:test";
+import { afterEach, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { repoRoot } from "../helpers/rootfs.ts";
-import { describeResult, integrationSkipReason, outputPaths, rt, runtimeKind, stateRoot } from "../helpers/runtime.ts";
-import type { Bundle } from "../helpers/bundle.ts";
+import { deleteForce, describeResult, integrationSkipReason, newBundle, outputPaths, rt, runtimeKind, stateRoot } from "../helpers/runtime.ts";
+import type { Bundle, BundleOptions } from "../helpers/bundle.ts";
 
 /** NK_TEST_VM_CACHE: another image directory (to try a kernel without touching the shared cache). */
 export const VM_CACHE = process.env.NK_TEST_VM_CACHE ?? join(repoRoot(), ".cache", "vm");
@@ -76,4 +76,25 @@ export async function expectNothingLeft(id: string): Promise<void> {
   for (let i = 0; i < 250 && (existsSync(dir) || processesNaming(dir).length); i++) await Bun.sleep(20);
   expect({ id, stateDir: existsSync(dir) }).toEqual({ id, stateDir: false });
   expect(processesNaming(dir)).toEqual([]);
+}
+
+/**
+ * A suite's bundle maker: every container made from its bundles is deleted
+ * with --force after each test and checked to have left nothing (its own
+ * afterEach); `after` runs once those checks passed.
+ */
+export function bundlesCheckedAfterEach(after?: () => void): (opts: BundleOptions) => Bundle {
+  const used: string[] = [];
+  afterEach(async () => {
+    for (const id of used.splice(0)) {
+      deleteForce(id);
+      await expectNothingLeft(id);
+    }
+    after?.();
+  });
+  return (opts) => {
+    const b = newBundle(opts);
+    used.push(b.id);
+    return b;
+  };
 }

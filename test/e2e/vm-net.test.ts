@@ -9,7 +9,7 @@
  * starts and stops (nothing is configured in the host's namespace); after
  * each container: no tap and no tc qdisc/filter left in the namespace.
  */
-import { afterAll, afterEach, beforeAll, describe, expect } from "bun:test";
+import { afterAll, beforeAll, describe, expect } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
@@ -17,8 +17,6 @@ import { join } from "node:path";
 import { ensureBusyboxRootfs } from "../helpers/rootfs.ts";
 import {
   containerStdout,
-  deleteForce,
-  newBundle,
   ok,
   outputPaths,
   rt,
@@ -32,7 +30,7 @@ import {
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
 import { cgroupTopLevel, removeNewCgroupParents, startNetnsHolder, type NetnsHolder } from "./daemons.ts";
-import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, which } from "./vm-helpers.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, which } from "./vm-helpers.ts";
 
 /** The test network: the container's eth0 and its peer, IPv4 and IPv6, an MTU and MAC of our choosing. */
 const NET = {
@@ -126,9 +124,12 @@ async function tearDownNetwork(): Promise<void> {
   if (wwwDir) rmSync(wwwDir, { recursive: true, force: true });
 }
 
-const used: string[] = [];
+// After each test: its containers deleted, nothing of them left, and the test's netns as it was.
+const checkedBundle = bundlesCheckedAfterEach(() => {
+  if (container) expect(netnsState(container)).toEqual(CLEAN);
+});
 function netBundle(args: string[], override?: (c: Record<string, any>) => void): Bundle {
-  const b = newBundle({
+  return checkedBundle({
     args,
     override: (c) => {
       c.linux.namespaces = c.linux.namespaces.map((n: { type: string }) => (n.type === "network" ? { type: "network", path: container!.nsPath } : n));
@@ -138,22 +139,12 @@ function netBundle(args: string[], override?: (c: Record<string, any>) => void):
       override?.(c);
     },
   });
-  used.push(b.id);
-  return b;
 }
 
 
 beforeAll(async () => {
   if (!SKIP) await setUpNetwork();
 }, 60_000);
-
-afterEach(async () => {
-  for (const id of used.splice(0)) {
-    deleteForce(id);
-    await expectNothingLeft(id);
-  }
-  if (container) expect(netnsState(container)).toEqual(CLEAN);
-});
 
 afterAll(async () => {
   await tearDownNetwork();
@@ -261,13 +252,12 @@ describe("VM mode: the container's network namespace, mirrored into the VM", () 
   }, VM_TIMEOUT);
 
   testIf(SKIP, "no network namespace (the host's network): refused in VM mode, with the reason", async () => {
-    const b = newBundle({
+    const b = checkedBundle({
       args: ["true"],
       override: (c) => {
         c.linux.namespaces = c.linux.namespaces.filter((n: { type: string }) => n.type !== "network");
       },
     });
-    used.push(b.id);
     const r = rt(["--mode", "vm", "run", "--bundle", b.dir, b.id], { env: VM_ENV, timeoutMs: VM_TIMEOUT });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("linux.namespaces: no network namespace means the host's network");
@@ -275,13 +265,12 @@ describe("VM mode: the container's network namespace, mirrored into the VM", () 
   }, VM_TIMEOUT);
 
   testIf(SKIP, "--network none style (a new namespace, no path): loopback only, up", () => {
-    const b = newBundle({
+    const b = checkedBundle({
       args: ["sh", "-c", "ip -o link | cut -d' ' -f2,3; ping -c1 -W5 127.0.0.1 >/dev/null && echo lo ok"],
       override: (c) => {
         c.process.capabilities = Object.fromEntries(Object.entries(c.process.capabilities).map(([set, caps]) => [set, [...(caps as string[]), "CAP_NET_RAW"]]));
       },
     });
-    used.push(b.id);
     const r = rt(["--mode", "vm", "run", "--bundle", b.dir, b.id], { env: VM_ENV, timeoutMs: VM_TIMEOUT });
     expect({ code: r.code, out: r.stdout }).toEqual({ code: 0, out: "lo: <LOOPBACK,UP,LOWER_UP>\nlo ok\n" });
   }, VM_TIMEOUT);

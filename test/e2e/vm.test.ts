@@ -7,7 +7,7 @@
  * Every test checks that nothing is left behind: no state directory, no
  * socket, no qemu or virtiofsd process that names its container.
  */
-import { afterEach, describe, expect } from "bun:test";
+import { describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
@@ -16,8 +16,6 @@ import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
 import { hasPvhNote } from "../../src/vm/image/bzimage.ts";
 import {
   containerStdout,
-  deleteForce,
-  newBundle,
   ok,
   rt,
   runtimeBinary,
@@ -31,7 +29,7 @@ import {
 import type { Bundle } from "../helpers/bundle.ts";
 import { cgroupTopLevel, ptyRun, removeNewCgroupParents } from "./daemons.ts";
 import { consoleReceiver as receiveConsole } from "../helpers/console-receiver.ts";
-import { ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
 const CACHE = VM_CACHE;
 
@@ -44,19 +42,8 @@ const consoleReceiver = (dir: string, input: string, until: string) =>
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
 
-const used: string[] = [];
-function vmBundle(args: string[], override?: (c: Record<string, any>) => void): Bundle {
-  const b = newBundle({ args, override });
-  used.push(b.id);
-  return b;
-}
-
-afterEach(async () => {
-  for (const id of used.splice(0)) {
-    deleteForce(id);
-    await expectNothingLeft(id);
-  }
-});
+const checkedBundle = bundlesCheckedAfterEach();
+const vmBundle = (args: string[], override?: (c: Record<string, any>) => void): Bundle => checkedBundle({ args, override });
 
 // At load time rather than in beforeAll: a hook is bound by the per-test timeout, a first build may take longer.
 if (!SKIP) imageError = ensureVmImage();
