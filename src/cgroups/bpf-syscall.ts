@@ -10,6 +10,7 @@
 import { closeSync, constants as fsConstants, openSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import type { Pointer } from "bun:ffi";
+import { openLibc } from "../util/ffi.ts";
 import { CgroupError, errnoCode } from "./errors.ts";
 
 export const BPF_PROG_TYPE_CGROUP_DEVICE = 15;
@@ -102,19 +103,15 @@ function loadLibc(): Libc {
   if (nr === undefined) {
     throw new CgroupError("cgroup-resource-unsupported", `linux.resources.devices: bpf(2) is not wired for ${process.arch} in nano-kata`);
   }
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, ptr, read } = require("bun:ffi") as typeof import("bun:ffi");
   // syscall(2) is variadic; on x86-64 and arm64 Linux, integer arguments of a
   // variadic call travel in the same registers as fixed ones, and glibc's
   // syscall() just moves them into place.
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { ptr } } = openLibc((FFIType) => ({
     syscall: { args: [FFIType.i64, FFIType.i64, FFIType.ptr, FFIType.i64], returns: FFIType.i64_fast },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  });
-  const s = lib.symbols;
+  }));
   libc = {
     syscall: (n, cmd, attr, size) => Number(s.syscall(n, cmd, attr, size)),
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
     address: (buffer) => BigInt(ptr(buffer)),
   };
   return libc;

@@ -4,6 +4,7 @@
  * to a container, ioctl(TIOCSWINSZ) for ResizePty. Loaded on first use.
  */
 import type { Pointer } from "bun:ffi";
+import { openLibc } from "../util/ffi.ts";
 
 interface Sys {
   mount(source: Uint8Array | null, target: Uint8Array, fstype: Uint8Array | null, flags: number, data: Uint8Array | null): number;
@@ -20,9 +21,7 @@ let loaded: Sys | undefined;
 
 function sys(): Sys {
   if (loaded) return loaded;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, read, CString } = require("bun:ffi") as typeof import("bun:ffi");
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { CString } } = openLibc((FFIType) => ({
     mount: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
     umount2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.i32 },
@@ -30,9 +29,7 @@ function sys(): Sys {
     dup2: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     setsid: { args: [], returns: FFIType.i32 },
     strerror: { args: [FFIType.i32], returns: FFIType.ptr },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  });
-  const s = lib.symbols;
+  }));
   loaded = {
     mount: (a, b, c, d, e) => s.mount(a, b, c, d, e) as number,
     umount2: (t, f) => s.umount2(t, f) as number,
@@ -40,7 +37,7 @@ function sys(): Sys {
     ioctl: (fd, req, arg) => s.ioctl(fd, req, arg) as number,
     dup2: (a, b) => s.dup2(a, b) as number,
     setsid: () => s.setsid() as number,
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
     strerror: (e) => new CString(s.strerror(e) as Pointer).toString(),
   };
   return loaded;

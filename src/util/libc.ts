@@ -2,7 +2,7 @@
  * The few libc calls the Bun process needs and Node's APIs do not offer.
  * Loaded lazily: dlopen costs ~0.5 ms, and most verbs never need it.
  */
-import type { Pointer } from "bun:ffi";
+import { openLibc } from "./ffi.ts";
 
 interface Libc {
   flock(fd: number, op: number): number;
@@ -21,9 +21,7 @@ let loaded: Libc | undefined;
 
 function libc(): Libc {
   if (loaded) return loaded;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, read, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { ptr } } = openLibc((FFIType) => ({
     flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     socketpair: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
@@ -33,9 +31,7 @@ function libc(): Libc {
     bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  });
-  const s = lib.symbols;
+  }));
   loaded = {
     flock: (fd, op) => s.flock(fd, op) as number,
     socketpair: (domain, type, protocol, fds) => s.socketpair(domain, type, protocol, ptr(fds)) as number,
@@ -46,7 +42,7 @@ function libc(): Libc {
     bind: (fd, address, length) => s.bind(fd, ptr(address), length) as number,
     listen: (fd, backlog) => s.listen(fd, backlog) as number,
     close: (fd) => s.close(fd) as number,
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
   };
   return loaded;
 }

@@ -18,7 +18,7 @@
  * vhost-user (virtiofs) needs the guest RAM in a shared, fd-backed file;
  * this is one, like the memfd.
  */
-import type { Pointer } from "bun:ffi";
+import { openLibc } from "../util/ffi.ts";
 
 const FSOPEN_CLOEXEC = 0x1;
 const FSCONFIG_SET_STRING = 1;
@@ -47,18 +47,14 @@ interface Calls {
 let calls: Calls | undefined;
 function libc(): Calls {
   if (calls) return calls;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, read, ptr } = require("bun:ffi") as typeof import("bun:ffi");
   // glibc 2.36 and later wrap the new mount API (Debian 12 has 2.36).
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { ptr } } = openLibc((FFIType) => ({
     fsopen: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     fsconfig: { args: [FFIType.i32, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     fsmount: { args: [FFIType.i32, FFIType.u32, FFIType.u32], returns: FFIType.i32 },
     openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  });
-  const s = lib.symbols;
+  }));
   const cstr = (text: string) => ptr(Buffer.from(`${text}\0`));
   calls = {
     fsopen: (name) => s.fsopen(cstr(name), FSOPEN_CLOEXEC) as number,
@@ -67,7 +63,7 @@ function libc(): Calls {
     fsmount: (fd, attrs) => s.fsmount(fd, FSMOUNT_CLOEXEC, attrs) as number,
     openTmpfile: (dirFd) => s.openat(dirFd, cstr("."), O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600) as number,
     close: (fd) => s.close(fd) as number,
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
   };
   return calls;
 }

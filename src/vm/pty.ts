@@ -11,6 +11,7 @@
  */
 import { closeSync, constants, openSync } from "node:fs";
 import type { Pointer } from "bun:ffi";
+import { openLibc } from "../util/ffi.ts";
 import { VmError } from "./driver.ts";
 
 interface PtyLibc {
@@ -35,9 +36,7 @@ let loaded: PtyLibc | undefined;
 
 function libc(): PtyLibc {
   if (loaded) return loaded;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType: T, read, CString, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { CString, ptr } } = openLibc((T) => ({
     posix_openpt: { args: [T.i32], returns: T.i32 },
     grantpt: { args: [T.i32], returns: T.i32 },
     unlockpt: { args: [T.i32], returns: T.i32 },
@@ -50,9 +49,7 @@ function libc(): PtyLibc {
     connect: { args: [T.i32, T.ptr, T.u32], returns: T.i32 },
     sendmsg: { args: [T.i32, T.ptr, T.i32], returns: T.i64 },
     close: { args: [T.i32], returns: T.i32 },
-    __errno_location: { args: [], returns: T.ptr },
-  });
-  const s = lib.symbols;
+  }));
   loaded = {
     posix_openpt: (f) => s.posix_openpt(f) as number,
     grantpt: (fd) => s.grantpt(fd) as number,
@@ -66,7 +63,7 @@ function libc(): PtyLibc {
     connect: (fd, a, l) => s.connect(fd, a, l) as number,
     sendmsg: (fd, m, f) => Number(s.sendmsg(fd, m, f)),
     close: (fd) => s.close(fd) as number,
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
     cstring: (p) => new CString(p).toString(),
     ptr: (a) => ptr(a) as number,
   };

@@ -11,7 +11,7 @@
  * the client's namespace.
  */
 import { closeSync, openSync } from "node:fs";
-import type { Pointer } from "bun:ffi";
+import { openLibc } from "../util/ffi.ts";
 import { VmError } from "./driver.ts";
 
 const CLONE_NEWNET = 0x40000000;
@@ -40,22 +40,18 @@ interface Calls {
 let calls: Calls | undefined;
 function libc(): Calls {
   if (calls) return calls;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { dlopen, FFIType, read, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const lib = dlopen("libc.so.6", {
+  const { fns: s, errno, ffi: { ptr } } = openLibc((FFIType) => ({
     setns: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
     socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  });
-  const s = lib.symbols;
+  }));
   calls = {
     setns: (fd, type) => s.setns(fd, type) as number,
     ioctl: (fd, request, arg) => s.ioctl(fd, request, ptr(arg)) as number,
     socket: (d, t, p) => s.socket(d, t, p) as number,
     close: (fd) => s.close(fd) as number,
-    errno: () => read.i32(s.__errno_location() as Pointer, 0),
+    errno,
   };
   return calls;
 }
