@@ -8,6 +8,9 @@
  *   (c) host memory of one running VM-mode container: QEMU, virtiofsd and the
  *       host process (RSS)
  *   (d) where the time of one `true` goes (see breakdown())
+ *   (e) (b) and (d) again for a container started from a VM template
+ *       (io.nanokata.vm.template=true: a block rootfs, the VM a clone of a
+ *       saved guest), with the templates in a directory of the bench's own
  * Prints medians; the accelerator (tcg or kvm) is named with the numbers.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -19,8 +22,8 @@ import { repoRoot } from "../test/helpers/rootfs.ts";
 
 const BIN = join(repoRoot(), "bin", "nk-runtime");
 const N = Number(process.env.NK_BENCH_N ?? 5);
-const env = { ...process.env, NK_VM_CACHE: process.env.NK_VM_CACHE ?? join(repoRoot(), ".cache", "vm") };
 const root = mkdtempSync(join(tmpdir(), "nk-bench-vm-"));
+const env = { ...process.env, NK_VM_CACHE: process.env.NK_VM_CACHE ?? join(repoRoot(), ".cache", "vm"), NK_VM_TEMPLATE_DIR: join(root, "templates") };
 const rt = (args: string[], extra: object = {}) => spawnSync(BIN, ["--root", root, "--mode", "vm", ...args], { env, encoding: "utf8", ...extra });
 
 const median = (xs: number[]) => {
@@ -56,8 +59,8 @@ function rss(pid: number | undefined): number {
  * virtiofsd, QEMU, the agent's HELLO, init ready, exit, VM stopped); and the
  * agent's own boot steps in guest uptime (nk.debug=1, from console.log).
  */
-async function breakdown(bundleDir: string): Promise<void> {
-  const log = join(root, "breakdown.log");
+async function breakdown(bundleDir: string, title = "one `true`"): Promise<void> {
+  const log = join(root, `breakdown-${title.replace(/\W+/g, "-")}.log`);
   const debugEnv = { ...env, NK_VM_CMDLINE_EXTRA: "nk.debug=1" };
   const t0 = performance.now();
   const at = () => `+${String(Math.round(performance.now() - t0)).padStart(5)} ms`;
@@ -81,7 +84,7 @@ async function breakdown(bundleDir: string): Promise<void> {
   marks.push(`${at()}  delete returned`);
   const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { msg: string; time: string });
   const wall0 = Date.now() - (performance.now() - t0);
-  console.log("one `true`, create to delete (times from the bench's start):");
+  console.log(`${title}, create to delete (times from the bench's start):`);
   for (const l of lines) console.log(`  +${String(Math.round(Date.parse(l.time) - wall0)).padStart(5)} ms  ${l.msg}`);
   for (const m of marks) console.log(`  ${m}`);
   const steps = consoleLog.split("\n").filter((l) => l.startsWith("nk-agent:"));
@@ -96,6 +99,7 @@ async function main(): Promise<void> {
   const echo = makeBundle({ args: ["echo", "x"] });
   const nothing = makeBundle({ args: ["true"] });
   const sleeper = makeBundle({ args: ["sleep", "60"] });
+  const templated = makeBundle({ args: ["true"], override: (c) => (c.annotations = { "io.nanokata.vm.template": "true" }) });
   try {
     const check = spawnSync(BIN, ["vm", "check", "--format", "json"], { env, encoding: "utf8" });
     const report = JSON.parse(check.stdout);
@@ -129,8 +133,21 @@ async function main(): Promise<void> {
     rt(["delete", "--force", "mem"]);
 
     await breakdown(nothing.dir);
+
+    // From a template: the first run makes it (not counted).
+    const runTemplated = (id: string) => {
+      const t = performance.now();
+      const r = rt(["run", "--bundle", templated.dir, id]);
+      if (r.status !== 0) throw new Error(`run failed: ${r.stderr}`);
+      return performance.now() - t;
+    };
+    const making = runTemplated("tmpl-warm");
+    const templatedRuns: number[] = [];
+    for (let i = 0; i < N; i++) templatedRuns.push(runTemplated(`tmpl${i}`));
+    console.log(`run true from a VM template:  ${fmt(templatedRuns)} (the first run, which made the template: ${making.toFixed(0)} ms)`);
+    await breakdown(templated.dir, "one `true` from a VM template");
   } finally {
-    for (const b of [echo, nothing, sleeper]) b.cleanup();
+    for (const b of [echo, nothing, sleeper, templated]) b.cleanup();
     rmSync(root, { recursive: true, force: true });
   }
 }

@@ -49,6 +49,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/fs.h>
+#include <linux/random.h>
 #include <linux/vm_sockets.h>
 
 #include "agent.h"
@@ -784,6 +786,57 @@ static void read_file(unsigned session, const unsigned char *p, size_t len)
 	send_frame(session, NK_F_FILE, buf, 4 + have);
 }
 
+static void say_hello(const char *how)
+{
+	char hello[64];
+	int n = snprintf(hello, sizeof hello, "%s %ld%s%s", NK_VERSION, uptime_ms(), *how ? " " : "", how);
+	send_frame(0, NK_F_HELLO, hello, (size_t)n);
+}
+
+/*
+ * WAKE: this guest was restored from a template (src/vm/template.ts), so it
+ * shares its kernel state with every other clone of that template: the
+ * random number generator's state above all (clones would hand out the same
+ * "random" bytes: keys, ASLR offsets, UUIDs -- the hazard of VM snapshots
+ * that Linux's vmgenid driver answers on ACPI machines, which this guest is
+ * not), and a wall clock stopped at the moment the template was saved. Mix
+ * the host's entropy in and reseed at once, set the clock, and drop the
+ * page cache of the root disk: the template read its placeholder's first
+ * blocks while probing it, and the container's image is another disk.
+ */
+static void wake(const unsigned char *p, size_t len)
+{
+	if (len < 12 + NK_WAKE_ENTROPY) {
+		say("wake frame of %zu bytes refused", len);
+		return;
+	}
+	uint64_t sec = le32(p) | (uint64_t)le32(p + 4) << 32;
+	struct timespec now = {(time_t)sec, (long)le32(p + 8)};
+	if (clock_settime(CLOCK_REALTIME, &now) < 0)
+		say("set the clock: %s", strerror(errno));
+	struct {
+		struct rand_pool_info info;
+		unsigned char bytes[NK_WAKE_ENTROPY];
+	} seed = {.info = {.entropy_count = NK_WAKE_ENTROPY * 8, .buf_size = NK_WAKE_ENTROPY}};
+	memcpy(seed.bytes, p + 12, NK_WAKE_ENTROPY);
+	int r = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+	if (r < 0 || ioctl(r, RNDADDENTROPY, &seed) < 0 || ioctl(r, RNDRESEEDCRNG) < 0)
+		fatal("reseed the random number generator"); /* a clone must not run with its template's CRNG state */
+	close(r);
+	memset(&seed, 0, sizeof seed);
+	size_t dev_len = len - 12 - NK_WAKE_ENTROPY;
+	if (dev_len) {
+		char dev[64];
+		snprintf(dev, sizeof dev, "%.*s", (int)(dev_len < sizeof dev ? dev_len : sizeof dev - 1), (const char *)p + 12 + NK_WAKE_ENTROPY);
+		int d = open(dev, O_RDONLY | O_CLOEXEC);
+		if (d < 0 || ioctl(d, BLKFLSBUF) < 0)
+			fatal("drop the root disk's cache");
+		close(d);
+	}
+	step("woken from a template");
+	say_hello("woken");
+}
+
 static void handle_frame(unsigned session, unsigned type, const unsigned char *p, size_t len)
 {
 	if (debug)
@@ -798,6 +851,10 @@ static void handle_frame(unsigned session, unsigned type, const unsigned char *p
 	}
 	if (type == NK_F_READ) {
 		read_file(session, p, len);
+		return;
+	}
+	if (type == NK_F_WAKE) {
+		wake(p, len);
 		return;
 	}
 	/* Only these may open a session; the rest belong to one that exists. */
@@ -943,9 +1000,7 @@ int main(void)
 	port = vsock_port[0] ? open_vsock(vsock_port) : open_port(port_name);
 	step("channel open");
 
-	char hello[64];
-	int n = snprintf(hello, sizeof hello, "%s %ld", NK_VERSION, uptime_ms());
-	send_frame(0, NK_F_HELLO, hello, (size_t)n);
+	say_hello("");
 
 	static struct pollfd p[POLL_MAX];
 	static struct {

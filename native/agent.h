@@ -24,6 +24,10 @@
 #define NK_F_CONSOLE 6 /* path of a unix socket to listen on for the session's pty master */
 #define NK_F_RESIZE 7  /* u32 rows, u32 cols: TIOCSWINSZ on the session's pty master */
 #define NK_F_READ 8    /* a path: answer FILE with its contents (stats of the guest's cgroup) */
+#define NK_F_WAKE 9    /* a VM restored from a template: u64 seconds, u32 nanoseconds (the host's wall clock),
+			  NK_WAKE_ENTROPY bytes of host entropy, then a block device path (may be empty) whose
+			  cache to drop; answered with HELLO */
+#define NK_WAKE_ENTROPY 64
 
 /* guest -> host */
 #define NK_F_HELLO 16  /* the agent is up: "<version> <uptime ms>" */

@@ -65,6 +65,36 @@ function buildIfNeeded(root: string): void {
   }
 }
 
+/**
+ * Each failed test of a run with the lines bun printed for it (its error and
+ * stack come before its "(fail)" line, after the previous test's verdict), so
+ * that the closing summary can repeat them: CI keeps only the tail of a log,
+ * and a failure in an early suite would otherwise scroll out of it.
+ */
+export function failedTestReports(output: string, maxLinesEach = 30): string[] {
+  const reports: string[] = [];
+  const lines = output.split("\n");
+  let blockStart = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    const verdict = /^\((pass|fail|skip|todo)\) /.exec(line);
+    const fileHeader = /^\S.*\.test\.[cm]?[jt]sx?:$/.test(line);
+    if (verdict?.[1] === "fail") {
+      const context = lines.slice(Math.max(blockStart, i - maxLinesEach), i).filter((l) => l.trim() !== "");
+      reports.push([line, ...context.map((l) => `    ${l}`)].join("\n"));
+    }
+    if (verdict || fileHeader) blockStart = i + 1;
+  }
+  // bun repeats every failure in a closing "N tests failed:" list; keep the first report of each.
+  const seen = new Set<string>();
+  return reports.filter((r) => {
+    const name = r.split("\n", 1)[0]!.replace(/ \[[\d.]+m?s\]$/, "");
+    if (seen.has(name)) return false;
+    seen.add(name);
+    return true;
+  });
+}
+
 /** Sum bun's closing " N pass / N fail / N skip" lines. */
 export function parseBunSummary(output: string): Counts & { found: boolean } {
   const grab = (word: string): number | null => {
@@ -108,6 +138,7 @@ async function main(): Promise<number> {
   buildIfNeeded(root);
   const total: Counts = { passed: 0, failed: 0, skipped: 0 };
   let anyFailure = false;
+  const failures: string[] = [];
   for (const dir of SUITES) {
     if (!hasTestFiles(join(root, dir))) continue;
     const { code, output } = await runSuite(root, dir, extra);
@@ -115,15 +146,19 @@ async function main(): Promise<number> {
     total.passed += counts.passed;
     total.failed += counts.failed;
     total.skipped += counts.skipped;
+    for (const report of failedTestReports(output)) failures.push(`${dir}: ${report}`);
     if (code !== 0 || !counts.found) {
       anyFailure = true;
       // A crash before bun's summary still counts as a failure in the closing line.
       if (counts.failed === 0) total.failed += 1;
-      console.error(`bun test ./${dir} exited with ${code}${counts.found ? "" : " without a summary"}`);
+      const why = `bun test ./${dir} exited with ${code}${counts.found ? "" : " without a summary"}`;
+      console.error(why);
+      if (counts.failed === 0) failures.push(`${why}; its last lines:\n${output.trimEnd().split("\n").slice(-30).join("\n")}`);
     }
   }
   // Only between runs is this safe: a running test may be creating a child there.
   if (process.getuid?.() === 0) removeTestCgroupParents();
+  if (failures.length > 0) console.log(`\nFailed (repeated here from each suite's output):\n\n${failures.join("\n\n")}`);
   console.log(`\n${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
   return anyFailure || total.failed > 0 ? 1 : 0;
 }

@@ -44,6 +44,17 @@ export async function runHook(kind: HookKind, index: number, hook: Hook, state: 
   if (outcome.error) throw new HookError("hook-failed", `${where} ${hook.path}: ${outcome.error.message}`);
   if (outcome.timedOut) throw new HookError("hook-timeout", `${where} ${hook.path}: timed out after ${hook.timeout}s`);
   if (outcome.code !== 0) {
+    // "exit" can come before the last of stderr: give it a moment (not "close": a daemon the hook left
+    // running may hold stderr open for ever).
+    if (child.stderr && !child.stderr.readableEnded) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 200);
+        child.stderr!.once("end", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
     const how = outcome.signal ? `killed by ${outcome.signal}` : `exit status ${outcome.code}`;
     throw new HookError("hook-failed", `${where} ${hook.path}: ${how}${stderr.trim() ? `: ${stderr.trim()}` : ""}`);
   }

@@ -27,6 +27,11 @@
  * Outside any executor run: host READ "<path>" -> guest FILE <u32 errno><contents>
  * (the guest's cgroup files for `events`/stats), answered on the same session id.
  *
+ * A VM restored from a template (template.ts) said HELLO long ago, to the host
+ * that made the template; its host begins with WAKE (the wall clock, entropy
+ * to reseed the guest's CRNG with, the root disk whose cache to drop) and the
+ * agent answers with a fresh HELLO "<version> <uptime ms> woken".
+ *
  * With a terminal, the pty's output comes as STDOUT and STDIN goes to the
  * pty. stdin is flow-controlled: a host keeps at most STDIN_WINDOW bytes per
  * session that the guest has not acknowledged with STDIN_ACK.
@@ -46,6 +51,7 @@ export const Frame = {
   CONSOLE: 6,
   RESIZE: 7,
   READ: 8,
+  WAKE: 9,
   HELLO: 16,
   SYNCOUT: 17,
   STDOUT: 18,
@@ -98,6 +104,23 @@ export function u32Payload(...values: number[]): Uint8Array {
 
 export function readU32(payload: Uint8Array, index = 0): number {
   return new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(4 * index, true);
+}
+
+/** WAKE's entropy, in bytes (NK_WAKE_ENTROPY): 512 bits, twice what the guest's CRNG needs to count as seeded. */
+export const WAKE_ENTROPY_BYTES = 64;
+
+/** WAKE: u64 seconds, u32 nanoseconds of the host's wall clock, the entropy, then the root disk's path (or nothing). */
+export function wakePayload(nowMs: number, entropy: Uint8Array, rootDevice = ""): Uint8Array {
+  if (entropy.length !== WAKE_ENTROPY_BYTES) throw new Error(`WAKE needs ${WAKE_ENTROPY_BYTES} bytes of entropy, not ${entropy.length}`);
+  const device = new TextEncoder().encode(rootDevice);
+  const out = new Uint8Array(12 + WAKE_ENTROPY_BYTES + device.length);
+  const view = new DataView(out.buffer);
+  const seconds = Math.floor(nowMs / 1000);
+  view.setBigUint64(0, BigInt(seconds), true);
+  view.setUint32(8, Math.round((nowMs - seconds * 1000) * 1e6), true);
+  out.set(entropy, 12);
+  out.set(device, 12 + WAKE_ENTROPY_BYTES);
+  return out;
 }
 
 /** Splits a byte stream into frames; push() chunks as they arrive. */

@@ -11,7 +11,7 @@
  * serves those verbs unchanged. `delete` adds destroyVm().
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 import type { Spec } from "../spec/types.ts";
@@ -25,9 +25,10 @@ import { projectHome } from "../util/home.ts";
 import { chooseAccelerator } from "./check.ts";
 import { AGENT_VSOCK_PORT, agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
 import { VmError, type VmConfig } from "./driver.ts";
-import { checkBlockRootfs, GUEST_ROOT_DEVICE, makeRootfsImage, ROOTFS_IMAGE_NAME, selectRootfsSharing } from "./rootfs-image.ts";
+import { checkBlockRootfs, GUEST_ROOT_DEVICE, makeRootfsImage, ROOTFS_ANNOTATION, ROOTFS_IMAGE_NAME, selectRootfsSharing } from "./rootfs-image.ts";
+import { TEMPLATE_ANNOTATION, templateDiskMiB, templateRequested } from "./template.ts";
 import { findImage, sha256File } from "./image/build.ts";
-import { readLaunch, readPids, writeLaunch, writePids, type ProcRef, type VmLaunch } from "./launch.ts";
+import { GO_FD, readBootOrLaunch, readPids, writeBoot, writeLaunch, writePids, type ProcRef, type VmBoot, type VmLaunch } from "./launch.ts";
 import { inspectNetns, unwireMirror } from "./network.ts";
 import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "./plan.ts";
 import { readReport } from "./report.ts";
@@ -113,21 +114,41 @@ export async function createVmContainer(
   if (driver === "firecracker" && !firecrackerPath()) throw new VmError("no-hypervisor", "VM mode: firecracker not found (put it on PATH, or set NK_FIRECRACKER)");
   const virtiofsd = virtiofsdPath();
   // The rootfs: a virtiofs share, or an ext4 image (Firecracker, no virtiofsd, or the annotation). Refused before anything is made.
-  const rootfsSharing = selectRootfsSharing(spec, { driver, virtiofsd: virtiofsd !== undefined });
+  let rootfsSharing = selectRootfsSharing(spec, { driver, virtiofsd: virtiofsd !== undefined });
+  // A template's clone has no virtiofs (template.ts): asking for a template asks for a block rootfs.
+  let fromTemplate = templateRequested(spec.annotations);
+  // Why a container that asked for a template boots instead: a warning when its annotation asked, a debug line when NK_VM_TEMPLATE did.
+  const bootsInstead = (why: string) => {
+    const note = `vm ${id}: ${TEMPLATE_ANNOTATION}: ${why}: the VM boots instead of starting from a template`;
+    if (spec.annotations?.[TEMPLATE_ANNOTATION] === "true") {
+      ctx.log.warn(note);
+      ctx.tracer.note(note);
+    } else ctx.log.debug(note);
+    fromTemplate = false;
+  };
+  if (fromTemplate && driver === "firecracker") bootsInstead("VM templates are QEMU's");
+  const templateDisk = fromTemplate ? templateDiskMiB() : 0;
+  if (fromTemplate && rootfsSharing.sharing === "virtiofs") {
+    if (spec.annotations?.[ROOTFS_ANNOTATION] === "virtiofs") {
+      throw new VmError("vm-unsupported", `annotations["${TEMPLATE_ANNOTATION}"]: a VM started from a template has no virtiofs, but annotations["${ROOTFS_ANNOTATION}"] asks for it`);
+    }
+    rootfsSharing = { sharing: "block", reason: `a VM template (${TEMPLATE_ANNOTATION}, or NK_VM_TEMPLATE) has no virtiofs` };
+  }
   const block = rootfsSharing.sharing === "block";
-  if (block) checkBlockRootfs(spec, rootfsSharing.reason);
+  // What a block rootfs does with the spec's bind mounts: small files copied into the image, /dev/shm a tmpfs, the rest refused.
+  const blockMounts = block ? checkBlockRootfs(spec, rootfsSharing.reason, { bundle, rootfs }) : undefined;
   ctx.log.debug(`vm ${id}: rootfs through ${block ? "a block image (ext4)" : "virtiofs"}: ${rootfsSharing.reason}`);
+  for (const note of blockMounts?.notes ?? []) ctx.log.debug(`vm ${id}: ${note}`);
 
   const lock = ctx.store.claim(id);
   const stateDir = ctx.store.dir(id);
   let child: ChildProcess | undefined;
-  // mkfs.ext4 runs while the rest of create plans (accelerator, network, seccomp, the guest plan).
+  let standIn: StandIn | undefined;
   let imaging: Promise<{ made: Awaited<ReturnType<typeof makeRootfsImage>> } | { error: unknown }> | undefined;
   try {
     const record = newContainerRecord({ id, spec, bundle, rootfs, mode: "vm" });
     ctx.store.write(record);
     const imagePath = join(stateDir, ROOTFS_IMAGE_NAME);
-    if (block) imaging = makeRootfsImage(rootfs, imagePath).then((made) => ({ made }), (error: unknown) => ({ error }));
     // Firecracker runs on KVM only; QEMU's accelerator is probed.
     const accel = driver === "firecracker" ? { accel: "kvm" as const, reason: "Firecracker needs KVM" } : await chooseAccelerator(image, { probe: true });
     ctx.log.debug(`vm ${id}: accelerator ${accel.accel} (${accel.reason})`);
@@ -138,14 +159,51 @@ export async function createVmContainer(
     if (driver === "firecracker" && inspected?.network.interfaces.length) {
       throw new VmError("vm-unsupported", `linux.namespaces[${netnsIndex}]: the Firecracker driver cannot take network interfaces yet (use QEMU, or --network none)`);
     }
+    // microvm has no hotplug: a network card must be there at boot, and a template's VM has none.
+    if (fromTemplate && inspected?.network.interfaces.length) bootsInstead(`the container has a network (linux.namespaces[${netnsIndex}]), which a template's VM cannot take`);
     if (inspected) ctx.log.debug(`vm ${id}: network ${inspected.network.netnsPath}: ${inspected.network.interfaces.map((i) => `${i.name} ${i.mac} via ${i.tap}`).join(", ") || "no interface to mirror"}`);
+    const size = vmSize(spec);
+    const runDir = vmRunDir(stateDir, id);
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+    const vsockPort = driver === "firecracker" ? AGENT_VSOCK_PORT : undefined;
+    const vmConfig = (rootDrive: VmConfig["rootDrive"]): VmConfig => ({
+      runDir,
+      kernel: image.vmlinux,
+      initramfs: image.initramfs,
+      cmdline: guestCmdline({ kernel: image.kernel, accel: accel.accel, tscKhz: hostTscKhz(), share: !block, vsockPort, extra: process.env.NK_VM_CMDLINE_EXTRA }),
+      acpi: image.acpi,
+      memoryMiB: size.memoryMiB,
+      vcpus: size.vcpus,
+      accel: accel.accel,
+      channelName: CHANNEL_PORT_NAME,
+      share: block ? undefined : { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
+      rootDrive,
+      vsockPort,
+      startTimeoutMs: 10_000,
+      nics: inspected?.network.interfaces.map((i) => ({ mac: i.mac })),
+    });
+    const rootDrive = block ? { path: imagePath, readOnly: spec.root?.readonly === true } : undefined;
+    const standInRequest = { record, stateDir, verb: "host" as const, opts, onChild: (c: ChildProcess) => (child = c) };
+    // A clone of a template needs nothing of the plan to start: its host process starts it now, while create
+    // plans and makes the rootfs image (~0.1 s that QEMU's own start then no longer adds). QEMU opens the image
+    // at once, so the file exists first, at its final size; mkfs.ext4 -F then writes into that same file.
+    if (fromTemplate) {
+      writeFileSync(imagePath, "");
+      truncateSync(imagePath, templateDisk * MIB);
+      writeBoot(stateDir, { id, driver, vm: vmConfig(rootDrive), fromTemplate: true, trace: ctx.tracer.enabled });
+      standIn = spawnStandIn(ctx, { ...standInRequest, early: true });
+      ctx.log.debug(`vm ${id}: host process ${standIn.host.pid} started early: the VM starts from a template while create plans`);
+    }
+    // mkfs.ext4 runs while the rest of create plans (seccomp, the guest plan).
+    const imageSize = fromTemplate ? { sizeMiB: templateDisk } : {};
+    if (block) imaging = makeRootfsImage(rootfs, imagePath, { ...imageSize, contents: blockMounts }).then((made) => ({ made }), (error: unknown) => ({ error }));
     const guest = buildGuestPlan({
       spec,
       bundle,
       rootfs,
       containerId: id,
       network: inspected?.network,
-      rootDevice: block ? { device: GUEST_ROOT_DEVICE, readOnly: spec.root?.readonly === true } : undefined,
+      rootDevice: block ? { device: GUEST_ROOT_DEVICE, readOnly: spec.root?.readonly === true, binds: blockMounts?.binds } : undefined,
       noPivot: opts.noPivot,
       noNewKeyring: opts.noNewKeyring,
       seccomp: await compileContainerSeccomp(spec, ctx, { id, bundle, listenerAllowed: false }),
@@ -161,44 +219,30 @@ export async function createVmContainer(
       ctx.log.warn(note);
       ctx.tracer.note(note);
     }
-    const runDir = vmRunDir(stateDir, id);
-    mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const hostFifo = ctx.store.fifoPath(id);
     const err = mkfifo(hostFifo, 0o622);
     if (err) throw new VmError("fifo-failed", `mkfifo ${hostFifo}: errno ${err}`);
-    const size = vmSize(spec);
-    let rootDrive: VmConfig["rootDrive"];
     if (imaging) {
       const imaged = await imaging;
       if ("error" in imaged) throw imaged.error;
       const { made } = imaged;
-      rootDrive = { path: imagePath, readOnly: spec.root?.readonly === true };
-      ctx.log.debug(`vm ${id}: rootfs image ${imagePath}: ${made.sizeMiB} MiB, ${made.inodes} inodes, ${Math.round(made.usedBytes / 1024)} KiB of files, made in ${made.ms} ms`);
+      ctx.log.debug(`vm ${id}: rootfs image ${imagePath}: ${made.sizeMiB} MiB, ${made.inodes} inodes, ${Math.round(made.usedBytes / 1024)} KiB of files, made in ${made.ms} ms${made.filesMs !== undefined ? ` (${blockMounts!.files.length} bind-mounted file(s), ${blockMounts!.dirs.length} directories written with debugfs in ${made.filesMs} ms)` : ""}`);
       ctx.tracer.runtime(`rootfs image ${imagePath} (${made.sizeMiB} MiB, mkfs.ext4 -d in ${made.ms} ms)`, "vm");
+      if (fromTemplate && made.sizeMiB !== templateDisk) {
+        bootsInstead(`the rootfs needs a ${made.sizeMiB} MiB image, more than a template's ${templateDisk} MiB disk (NK_VM_TEMPLATE_DISK_MIB)`);
+        // The early host process started a clone with a disk too small: stop it; a booting one follows.
+        if (standIn) await abandonStandIn(stateDir, standIn, runDir);
+        standIn = undefined;
+      }
     }
-    const vsockPort = driver === "firecracker" ? AGENT_VSOCK_PORT : undefined;
     const launch: VmLaunch = {
       id,
       driver,
-      vm: {
-        runDir,
-        kernel: image.vmlinux,
-        initramfs: image.initramfs,
-        cmdline: guestCmdline({ kernel: image.kernel, accel: accel.accel, tscKhz: hostTscKhz(), share: !block, vsockPort, extra: process.env.NK_VM_CMDLINE_EXTRA }),
-        acpi: image.acpi,
-        memoryMiB: size.memoryMiB,
-        vcpus: size.vcpus,
-        accel: accel.accel,
-        channelName: CHANNEL_PORT_NAME,
-        share: block ? undefined : { tag: SHARE_TAG, socket: join(runDir, "virtiofsd.sock") },
-        rootDrive,
-        vsockPort,
-        startTimeoutMs: 10_000,
-        nics: inspected?.network.interfaces.map((i) => ({ mac: i.mac })),
-      },
+      vm: vmConfig(rootDrive),
       network: inspected?.network,
       virtiofsd: block ? undefined : { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
       ops: guest.ops,
+      fromTemplate,
       hostFifo,
       guestFifo: guest.guestFifo,
       bootTimeoutMs: envMs("NK_VM_BOOT_TIMEOUT_MS", 60_000),
@@ -212,8 +256,9 @@ export async function createVmContainer(
     };
     writeLaunch(stateDir, launch);
 
-    return await launchStandIn(ctx, { record, stateDir, verb: "host", opts, onChild: (c) => (child = c) });
+    return await awaitStandIn(ctx, standInRequest, standIn ?? spawnStandIn(ctx, standInRequest));
   } catch (error) {
+    standIn?.release(false);
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     await imaging; // a mkfs still writing would leave its image behind the removal
     await destroyVm(stateDir);
@@ -224,16 +269,34 @@ export async function createVmContainer(
   }
 }
 
+interface StandInRequest {
+  record: ContainerRecord;
+  stateDir: string;
+  verb: "host" | "member";
+  opts: CreateOptions;
+  onChild: (child: ChildProcess) => void;
+  /** An early start (VmBoot): the host process waits for "go" on fd GO_FD before it reads vm.json. */
+  early?: boolean;
+}
+
+interface StandIn {
+  host: ChildProcess;
+  exited: Promise<number>;
+  /** An early start: vm.json is written (true), or create gave up (false). */
+  release(ok: boolean): void;
+}
+
 /**
  * Start the process that stands for a VM-mode container (`vm host` for a
  * container with its own VM, `vm member` for one that joins its pod's VM)
  * and wait for its one-line report on fd 3. From then on its pid is the
  * container's: in state.json, --pid-file, and the target of `kill`.
  */
-export async function launchStandIn(
-  ctx: RuntimeContext,
-  p: { record: ContainerRecord; stateDir: string; verb: "host" | "member"; opts: CreateOptions; onChild: (child: ChildProcess) => void },
-): Promise<ExecutorRun & { record: ContainerRecord }> {
+export async function launchStandIn(ctx: RuntimeContext, p: StandInRequest): Promise<ExecutorRun & { record: ContainerRecord }> {
+  return awaitStandIn(ctx, p, spawnStandIn(ctx, p));
+}
+
+function spawnStandIn(ctx: RuntimeContext, p: StandInRequest): StandIn {
   const { record, stateDir, opts } = p;
   const flags = [
     ...(ctx.log.file ? ["--log", ctx.log.file] : []),
@@ -245,7 +308,8 @@ export async function launchStandIn(
   // The container's stdio: the caller's own, or what it was given (the shim: containerd's fifos).
   const stdio = opts.stdio ? [...opts.stdio] : ["inherit", "inherit", "inherit"];
   // Its own session: a terminal's ^C reaches the container through `run`'s relay only, once.
-  const host = spawn(cliPath(), [...flags, "vm", p.verb, stateDir], { stdio: [...stdio, "pipe"] as never, detached: true });
+  // fd 3: its report; fd 4 (an early start): create's "go".
+  const host = spawn(cliPath(), [...flags, "vm", p.verb, stateDir], { stdio: [...stdio, "pipe", ...(p.early ? ["pipe"] : [])] as never, detached: true });
   p.onChild(host);
   const exited = new Promise<number>((resolve) => {
     host.on("exit", (code, signal) => resolve(code ?? (signal === "SIGKILL" ? 137 : 128)));
@@ -255,6 +319,24 @@ export async function launchStandIn(
   record.pid = host.pid!;
   record.pidStartTime = readProcStat(host.pid!)?.startTime ?? "";
   ctx.store.write(record);
+  const go = p.early ? (host.stdio[GO_FD] as NodeJS.WritableStream) : undefined;
+  go?.on("error", () => {}); // a host process that already died: its report says why
+  let released = !go;
+  return {
+    host,
+    exited,
+    release(ok) {
+      if (released) return;
+      released = true;
+      go!.end(ok ? "go\n" : "");
+    },
+  };
+}
+
+async function awaitStandIn(ctx: RuntimeContext, p: StandInRequest, standIn: StandIn): Promise<ExecutorRun & { record: ContainerRecord }> {
+  const { record, stateDir, opts } = p;
+  const { host, exited } = standIn;
+  standIn.release(true);
   const report = await readReport(host);
   if (report.ready !== true) {
     const message = typeof report.error === "string" ? report.error : `the VM ${p.verb} process exited (${await exited}) without a report`;
@@ -273,6 +355,17 @@ function writePidFile(path: string, pid: number): void {
   const temp = `${path}.${process.pid}.tmp`;
   writeFileSync(temp, String(pid));
   renameSync(temp, path);
+}
+
+/** Stop an early host process and the VM it started (its pids file names the VMM). */
+async function abandonStandIn(stateDir: string, standIn: StandIn, runDir: string): Promise<void> {
+  standIn.release(false);
+  standIn.host.kill("SIGKILL");
+  await standIn.exited;
+  await stop(readPids(stateDir)?.vmm);
+  // Its sockets (the next host process listens on the same paths) and console log.
+  rmSync(runDir, { recursive: true, force: true });
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
 }
 
 async function stop(ref: ProcRef | undefined): Promise<void> {
@@ -296,13 +389,14 @@ export async function destroyVm(stateDir: string): Promise<void> {
   await stop(pids?.host);
   await stop(pids?.vmm);
   await stop(pids?.virtiofsd);
-  let launch: VmLaunch | undefined;
+  let launch: VmBoot | VmLaunch | undefined;
   try {
-    launch = readLaunch(stateDir);
+    launch = readBootOrLaunch(stateDir);
   } catch {}
   // A host process that died before it could remove its tc mirroring (the taps went with QEMU).
-  if (pids?.networkWired && launch?.network) {
-    unwireMirror(launch.network);
+  const network = launch && "network" in launch ? launch.network : undefined;
+  if (pids?.networkWired && network) {
+    unwireMirror(network);
     try {
       writePids(stateDir, { ...pids, networkWired: false });
     } catch {}

@@ -44,6 +44,13 @@ export interface VmConfig {
    * the host process fills in just before launch (network.ts, tap.ts).
    */
   nics?: VmNic[];
+  /**
+   * QEMU templating (template.ts). "save": the guest RAM lives in the file
+   * `ram`, shared, so that the template being made can be saved without it.
+   * "restore": the RAM is a private copy-on-write mapping of the template's
+   * file and the devices' state is loaded from `state` before the guest runs.
+   */
+  template?: { role: "save" | "restore"; ram: string; state: string };
 }
 
 export interface VmNic {
@@ -66,6 +73,8 @@ export interface RunningVm {
   memory?: string;
   /** Stop or continue every vCPU (QMP stop/cont): `pause` and `resume`. */
   control?(command: "stop" | "cont"): Promise<void>;
+  /** Any QMP command (QEMU only): its "return", or a VmError carrying QEMU's message. */
+  qmp?(execute: string, args?: Record<string, unknown>): Promise<unknown>;
 }
 
 export interface HypervisorDriver {
@@ -74,7 +83,12 @@ export interface HypervisorDriver {
   unavailable(): string | undefined;
   /** Whether the guest can read a virtiofs share (else the rootfs must come as a block device). */
   readonly virtiofs: boolean;
-  launch(config: VmConfig): Promise<RunningVm>;
+  /**
+   * spawned: called with the VMM's pid as soon as it exists, so that it can be
+   * recorded before the launch can fail or its caller be killed (a QEMU left
+   * waiting for an incoming migration would never end by itself).
+   */
+  launch(config: VmConfig, spawned?: (pid: number) => void): Promise<RunningVm>;
 }
 
 /** VM mode's errors: no hypervisor, no guest image, a guest that never answers, ... */

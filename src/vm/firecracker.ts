@@ -123,7 +123,7 @@ export class FirecrackerDriver implements HypervisorDriver {
     return firecrackerPath() ? undefined : "firecracker not found on PATH (or set NK_FIRECRACKER)";
   }
 
-  async launch(c: VmConfig): Promise<RunningVm> {
+  async launch(c: VmConfig, spawned?: (pid: number) => void): Promise<RunningVm> {
     const binary = firecrackerPath();
     if (!binary) throw new VmError("no-hypervisor", this.unavailable()!);
     const apiSock = join(c.runDir, "firecracker.sock");
@@ -133,6 +133,7 @@ export class FirecrackerDriver implements HypervisorDriver {
     let child: ChildProcess;
     try {
       child = spawn(binary, ["--api-sock", apiSock], { stdio: ["ignore", consoleLog, "pipe"] });
+      if (child.pid) spawned?.(child.pid);
     } finally {
       closeSync(consoleLog);
     }

@@ -19,17 +19,19 @@
  * `resume` stop and continue the VM over QMP.
  * When the container exits: QMP quit, virtiofsd stopped, exit with the status.
  */
-import { closeSync } from "node:fs";
+import { closeSync, createReadStream, existsSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { encodePlan } from "../plan/ops.ts";
 import { Tracer } from "../linux/trace.ts";
 import type { Logger } from "../util/log.ts";
 import { signalNumber } from "../util/signals.ts";
 import { readProcStat } from "../state/proc.ts";
-import { encodeFrame, Frame, FrameReader, LineBuffer, u32Payload, type FrameType } from "./channel.ts";
+import { encodeFrame, Frame, FrameReader, LineBuffer, u32Payload, wakePayload, WAKE_ENTROPY_BYTES, type FrameType } from "./channel.ts";
 import { ControlServer } from "./host-control.ts";
 import { VmError, type HypervisorDriver, type RunningVm } from "./driver.ts";
-import { readLaunch, writePids, type VmLaunch, type VmPids } from "./launch.ts";
+import { bootPath, GO_FD, launchPath, readJson, readLaunch, writePids, type VmBoot, type VmLaunch, type VmPids } from "./launch.ts";
+import { GUEST_ROOT_DEVICE } from "./rootfs-image.ts";
+import type { Template } from "./template.ts";
 import { connectNetwork, unwireMirror } from "./network.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 import { reporter } from "./report.ts";
@@ -50,8 +52,23 @@ export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDr
 
 const procRef = (pid: number) => ({ pid, startTime: readProcStat(pid)?.startTime ?? "" });
 
+/** An early start's "go" (or its absence: create failed or died) on fd GO_FD, read to its end. */
+function goSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    let text = "";
+    const stream = createReadStream("", { fd: GO_FD });
+    stream.on("data", (b) => (text += b.toString()));
+    stream.on("error", () => resolve(text));
+    stream.on("end", () => resolve(text));
+  });
+}
+
 export async function runHost(stateDir: string, log: Logger): Promise<number> {
-  const launch = readLaunch(stateDir);
+  // An early start (VmBoot): the VM is started from vm-boot.json; vm.json comes with the "go".
+  const early = !existsSync(launchPath(stateDir));
+  const going = early ? goSignal() : undefined;
+  // Until the "go", only VmBoot's fields are read (the VM's start, finish()).
+  let launch = (early ? readJson<VmBoot>(bootPath(stateDir)) : readLaunch(stateDir)) as VmLaunch;
   const tracer = new Tracer(launch.trace);
   const pids: VmPids = { host: procRef(process.pid) };
   writePids(stateDir, pids);
@@ -65,6 +82,17 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   let restoreTerminal: (() => void) | undefined;
   let virtiofsdPid = 0;
   let finishing = false;
+  /** The template this VM is a clone of, until its agent has answered WAKE. */
+  let restoring: Template | undefined;
+  /** A clone that fails to load or to wake means a bad template: remove it, so that the next create makes a new one. */
+  const templateFailed = async (error: VmError): Promise<VmError> => {
+    if (!restoring) return error;
+    const { discardTemplate } = await import("./template.ts");
+    discardTemplate(restoring);
+    const message = `${error.message} (restoring VM template ${restoring.meta.key}: the template was removed; the next create makes a new one)`;
+    restoring = undefined;
+    return new VmError(error.code, message);
+  };
   /** Stop everything we started and exit: the one way out. */
   const finish = async (status: number, error?: VmError): Promise<never> => {
     if (!finishing) {
@@ -106,27 +134,6 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
   }
   process.on("SIGPIPE", () => {});
 
-  // process.terminal: the console client gets a host pty's master now, as
-  // runc's create hands it over before it returns; the guest's pty follows.
-  // A foreground `run -t` without one: the terminal `run` was given, raw while the container runs.
-  let io: SessionStdio = { input: 0, output: 1, errors: 2 };
-  let windowSize: ((fd: number) => { rows: number; cols: number }) | undefined;
-  if (launch.guestConsole) {
-    try {
-      const pty = await import("./pty.ts");
-      windowSize = pty.windowSize;
-      if (launch.consoleSocket) {
-        const { slave } = pty.consoleForSocket(launch.consoleSocket);
-        io = { input: slave, output: slave, errors: 2, tty: slave };
-      } else {
-        restoreTerminal = pty.makeRaw(0);
-        if (restoreTerminal) io = { ...io, tty: 0 };
-      }
-    } catch (e) {
-      return finish(1, e instanceof VmError ? e : new VmError("terminal-failed", (e as Error).message));
-    }
-  }
-
   try {
     const driver = await loadDriver(launch.driver);
     const why = driver.unavailable();
@@ -140,6 +147,16 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
         })
       : [];
     if (tapFds.length) log.debug(`vm ${launch.id}: ${tapFds.length} tap(s) mirrored in ${launch.network!.netnsPath} in ${Date.now() - wiringStarted} ms`);
+    let vmConfig = { ...launch.vm, nics: launch.vm.nics?.map((nic, i) => ({ ...nic, tapFd: tapFds[i] })) };
+    if (launch.fromTemplate) {
+      const { ensureTemplate } = await import("./template.ts");
+      const asked = Date.now();
+      const { template, made } = await ensureTemplate(launch.vm, log);
+      log.debug(`vm ${launch.id}: template ${template.meta.key} ${made ? `made in ${Date.now() - asked} ms (${template.dir})` : `found in ${template.dir}`}`);
+      tracer.runtime(`VM template ${template.meta.key}${made ? " made now" : ""}: the VM starts as its copy-on-write clone`, "vm");
+      restoring = template;
+      vmConfig = { ...vmConfig, template: { role: "restore", ram: template.ram, state: template.state } };
+    }
     const started = Date.now();
     // QEMU and virtiofsd start at the same time, QEMU first (it takes longest
     // to start): virtiofsd's socket already listens (virtiofsd.ts), and
@@ -148,7 +165,11 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     let launching: Promise<{ vm: RunningVm } | { error: unknown }>;
     try {
       // launch() spawns QEMU before it first waits; QEMU holds the taps from then on.
-      launching = driver.launch({ ...launch.vm, nics: launch.vm.nics?.map((nic, i) => ({ ...nic, tapFd: tapFds[i] })) }).then(
+      const recordVmm = (pid: number) => {
+        pids.vmm = procRef(pid);
+        writePids(stateDir, pids);
+      };
+      launching = driver.launch(vmConfig, recordVmm).then(
         (running) => ({ vm: running }),
         (error: unknown) => ({ error }),
       );
@@ -176,17 +197,54 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     pids.vmm = procRef(vm.pid);
     writePids(stateDir, pids);
     log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms; guest RAM: ${vm.memory ?? "?"}`);
+    // A clone's agent is where the template left it, waiting for a frame: the clock, fresh entropy and its disk first.
+    if (restoring) vm.channel.write(encodeFrame(Frame.WAKE, wakePayload(Date.now(), crypto.getRandomValues(new Uint8Array(WAKE_ENTROPY_BYTES)), GUEST_ROOT_DEVICE)));
   } catch (e) {
-    return finish(1, e instanceof VmError ? e : new VmError("vm-start-failed", (e as Error).message));
+    return finish(1, await templateFailed(e instanceof VmError ? e : new VmError("vm-start-failed", (e as Error).message)));
   }
   const running = vm;
   const consoleTail = () => tail(`${launch.vm.runDir}/console.log`, 8);
 
-  void running.exited.then((code) => {
-    if (!finishing) void finish(255, new VmError("vm-exited", `the VM exited (${code}) before the container did; console: ${consoleTail()}`));
+  void running.exited.then(async (code) => {
+    if (finishing) return;
+    const error = new VmError("vm-exited", `the VM exited (${code}) before the container did; console: ${consoleTail()}${restoring ? `; qemu: ${running.stderr().trim()}` : ""}`);
+    void finish(255, await templateFailed(error));
   });
+
+  if (going) {
+    // The VM starts; create meanwhile plans and makes the rootfs image, then says "go".
+    const go = await going;
+    if (go.trim() !== "go") return finish(1, new VmError("create-aborted", "create ended before the container's plan was ready"));
+    launch = readLaunch(stateDir);
+    log.debug(`vm ${launch.id}: the plan is ready ("go")`);
+  }
+
+  // process.terminal: the console client gets a host pty's master now, as
+  // runc's create hands it over before it returns; the guest's pty follows.
+  // A foreground `run -t` without one: the terminal `run` was given, raw while the container runs.
+  let io: SessionStdio = { input: 0, output: 1, errors: 2 };
+  let windowSize: ((fd: number) => { rows: number; cols: number }) | undefined;
+  if (launch.guestConsole) {
+    try {
+      const pty = await import("./pty.ts");
+      windowSize = pty.windowSize;
+      if (launch.consoleSocket) {
+        const { slave } = pty.consoleForSocket(launch.consoleSocket);
+        io = { input: slave, output: slave, errors: 2, tty: slave };
+      } else {
+        restoreTerminal = pty.makeRaw(0);
+        if (restoreTerminal) io = { ...io, tty: 0 };
+      }
+    } catch (e) {
+      return finish(1, e instanceof VmError ? e : new VmError("terminal-failed", (e as Error).message));
+    }
+  }
+
   const bootTimer = setTimeout(
-    () => void finish(1, new VmError("vm-boot-timeout", `the guest agent did not answer within ${launch.bootTimeoutMs} ms; console: ${consoleTail()}`)),
+    () =>
+      void templateFailed(new VmError("vm-boot-timeout", `the guest agent did not answer within ${launch.bootTimeoutMs} ms; console: ${consoleTail()}`)).then((e) =>
+        finish(1, e),
+      ),
     launch.bootTimeoutMs,
   );
   let readyTimer: ReturnType<typeof setTimeout> | undefined;
@@ -265,6 +323,7 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     switch (type) {
       case Frame.HELLO: {
         clearTimeout(bootTimer);
+        restoring = undefined; // woken: the template served
         log.debug(`vm ${launch.id}: agent ${new TextDecoder().decode(payload)} (version, guest uptime ms)`);
         tracer.runtime(`guest agent up: ${new TextDecoder().decode(payload)}`, "vm");
         readyTimer = setTimeout(

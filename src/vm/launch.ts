@@ -12,10 +12,22 @@ import type { VmConfig } from "./driver.ts";
 import type { VmNetwork } from "./network.ts";
 import type { ShareEntry } from "./plan.ts";
 
-export interface VmLaunch {
+/**
+ * What the host process needs to start the VM, and nothing of the plan: a
+ * VM cloned from a template starts from this alone (<state dir>/vm-boot.json)
+ * while `create` still plans and makes the rootfs image; the whole VmLaunch
+ * follows as vm.json, and "go" on the host process's fd 4 says it is there.
+ */
+export interface VmBoot {
   id: string;
   driver: "qemu" | "firecracker";
   vm: VmConfig;
+  /** Start the VM as a clone of the template for its shape (template.ts), made first if there is none. */
+  fromTemplate?: boolean;
+  trace: boolean;
+}
+
+export interface VmLaunch extends VmBoot {
   virtiofsd?: { binary: string; socket: string; shareDir: string; entries: ShareEntry[]; logFile: string };
   ops: PlanOp[];
   /** The client's network namespace and the interfaces mirrored into the VM (network.ts), if the spec named one. */
@@ -27,7 +39,6 @@ export interface VmLaunch {
   bootTimeoutMs: number;
   /** Give up when the container's init is not ready by then (after HELLO). */
   readyTimeoutMs: number;
-  trace: boolean;
   /** The host process's control socket (exec sessions, pause/resume); in vm.runDir. */
   controlSocket: string;
   /** --console-socket (host path) and the guest socket the agent takes init's pty master on (process.terminal). */
@@ -70,6 +81,9 @@ export function writeJsonAtomic(path: string, data: unknown): void {
 }
 
 export const launchPath = (stateDir: string) => `${stateDir}/vm.json`;
+export const bootPath = (stateDir: string) => `${stateDir}/vm-boot.json`;
+/** The host process's fd on which `create` says "go" once vm.json is written (an early start, see VmBoot). */
+export const GO_FD = 4;
 export const pidsPath = (stateDir: string) => `${stateDir}/vm-pids.json`;
 /** Present while the VM is stopped by `pause` (the container's status reads "paused"). */
 export const pausedMarker = (stateDir: string) => `${stateDir}/vm-paused`;
@@ -80,6 +94,15 @@ export function writeLaunch(stateDir: string, launch: VmLaunch): void {
 
 export function readLaunch(stateDir: string): VmLaunch {
   return JSON.parse(readFileSync(launchPath(stateDir), "utf8"), reviver) as VmLaunch;
+}
+
+export function writeBoot(stateDir: string, boot: VmBoot): void {
+  writeJsonAtomic(bootPath(stateDir), boot);
+}
+
+/** vm.json, or while an early start waits for it, vm-boot.json (what `delete` needs of either: the VM's files). */
+export function readBootOrLaunch(stateDir: string): VmBoot | VmLaunch {
+  return existsSync(launchPath(stateDir)) ? readLaunch(stateDir) : readJson<VmBoot>(bootPath(stateDir));
 }
 
 /** A pod member's launch (pod.ts): present instead of vm.json when the container joined its sandbox's VM. */

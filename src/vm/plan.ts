@@ -22,6 +22,7 @@ import { GUEST_CGROUP, GUEST_FIFO_DIR, GUEST_SHARE_DIR } from "./config.ts";
 import { guestCgroupOps } from "./guest-cgroup.ts";
 import { guestNetworkOps, type VmNetwork } from "./network.ts";
 import { VmError } from "./driver.ts";
+import type { BlockBind } from "./rootfs-image.ts";
 
 /** One host path the guest needs, and its name in the share. */
 export interface ShareEntry {
@@ -53,9 +54,11 @@ export interface GuestPlanInput {
    * The rootfs as a block image (rootfs-image.ts) instead of the share: the
    * container's init mounts this device (ext4; read-only for root.readonly)
    * at GUEST_BLOCK_ROOTFS in its own mount namespace, first thing. No share
-   * entries then: bind mounts are refused (nothing could carry them).
+   * entries then: a bind mount needs its entry in binds (checkBlockRootfs
+   * decided it: a file copied into the image, or /dev/shm as a tmpfs), any
+   * other is refused (nothing could carry it).
    */
-  rootDevice?: { device: string; readOnly: boolean };
+  rootDevice?: { device: string; readOnly: boolean; binds?: ReadonlyMap<number, BlockBind> };
 }
 
 export interface GuestPlan {
@@ -76,6 +79,16 @@ export const GUEST_INIT_CONSOLE = `${GUEST_FIFO_DIR}/tty-0.sock`;
 
 /** Where a block rootfs is mounted in the container's mount namespace (made by the mount op, in the agent's /run tmpfs). */
 export const GUEST_BLOCK_ROOTFS = `${GUEST_FIFO_DIR}/rootfs`;
+
+/**
+ * A second mount of the block rootfs's device, outside the container's root
+ * (in the agent's /run tmpfs; pivot_root detaches it with the old root): the
+ * source of the bind mounts of files copied into the image, reachable even
+ * where a mount of the spec covers their place in the root. nosymfollow: the
+ * kernel refuses to follow any symlink on it, so a bind source can never be
+ * led out of the image (CVE-2019-19921-style swaps).
+ */
+export const GUEST_BLOCK_IMAGE_VIEW = `${GUEST_FIFO_DIR}/image`;
 
 /** What VM mode cannot do (yet): refused with the field's name, never silently dropped. */
 export function checkVmSupport(spec: Spec, opts: { consoleSocket?: string; preserveFds: number; foreground?: boolean }): void {
@@ -114,7 +127,20 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
 
   const mounts: Mount[] = (spec.mounts ?? []).map((m, i) => {
     if (!parseMountOptions(m.options, m.type).bind) return m;
-    if (block) throw new VmError("vm-unsupported", `mounts[${i}] (${m.destination}): a bind mount cannot reach a VM whose rootfs is a block image`);
+    if (block) {
+      const bind = block.binds?.get(i);
+      if (!bind) throw new VmError("vm-unsupported", `mounts[${i}] (${m.destination}): a bind mount cannot reach a VM whose rootfs is a block image`);
+      if (bind.kind === "tmpfs") return bind.mount;
+      // The copy, bound from the image's second mount (withBlockRootfs): onto itself where the destination is the
+      // image's, onto a file made in a tmpfs where an earlier mount covers it (as runc binds it there); ro as asked.
+      const guestPath = `${GUEST_BLOCK_IMAGE_VIEW}${bind.imagePath}`;
+      guestIsDirectory.set(guestPath, false);
+      // The bind takes the view's flags, nosymfollow included; without flags of its own, a remount with ext4's
+      // default (relatime) drops it, so the mount reads as it would under runc.
+      const parsed = parseMountOptions(m.options, m.type);
+      const options = parsed.flags | parsed.bindRemountFlags ? m.options : [...(m.options ?? []), "relatime"];
+      return { ...m, source: guestPath, options };
+    }
     const hostPath = m.source?.startsWith("/") ? m.source : `${input.bundle}/${m.source ?? ""}`;
     const entry: ShareEntry = { name: shareName(`m${i}`), hostPath, isDirectory: input.isDirectory(hostPath) };
     shares.push(entry);
@@ -163,7 +189,7 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
   if (member && spec.linux?.resources && Object.keys(spec.linux.resources).some((k) => k !== "devices")) {
     notes.push("linux.resources: not applied to a container that joins its pod's VM (the sandbox's limits size and bound the VM)");
   }
-  const planOps = block ? withBlockRootfs(plan.ops, block) : plan.ops;
+  const planOps = block ? withBlockRootfs(plan.ops, block, [...(block.binds?.values() ?? [])].some((b) => b.kind === "file")) : plan.ops;
   const ops = input.network ? withGuestNetwork(planOps, input.network) : planOps;
   return {
     ops: [...cgroup.ops, ...ops],
@@ -182,7 +208,7 @@ export function buildGuestPlan(input: GuestPlanInput): GuestPlan {
  * agent's namespace, and before the rootfs is bound onto itself. MOUNT_IN_ROOT makes the mount point
  * in the agent's /run tmpfs (GUEST_FIFO_DIR exists from boot).
  */
-function withBlockRootfs(ops: PlanOp[], block: { device: string; readOnly: boolean }): PlanOp[] {
+function withBlockRootfs(ops: PlanOp[], block: { device: string; readOnly: boolean }, fileCopies: boolean): PlanOp[] {
   const release = ops.findIndex((op) => op.section === Section.Init && op.code === OpCode.WAIT_RELEASE);
   if (release < 0) throw new VmError("vm-plan", "the guest plan has no init to mount the block rootfs in");
   // After the planner's propagation change of "/" (rslave/rprivate), before anything mounts onto the rootfs.
@@ -196,7 +222,15 @@ function withBlockRootfs(ops: PlanOp[], block: { device: string; readOnly: boole
     source: `vm: the rootfs block image (${block.device}, ext4${block.readOnly ? ", read-only: root.readonly" : ""})`,
     args: [GUEST_FIFO_DIR, name, block.device, "ext4", String(block.readOnly ? MS.RDONLY : 0), "", "dir", "1"],
   };
-  return [...ops.slice(0, at), mount, ...ops.slice(at)];
+  if (!fileCopies) return [...ops.slice(0, at), mount, ...ops.slice(at)];
+  // The same file system again (ext4 wants the same read-only state for a second mount), for the copies' binds.
+  const view: PlanOp = {
+    code: OpCode.MOUNT_IN_ROOT,
+    section: Section.Init,
+    source: `vm: the rootfs block image again, without following symlinks (the bind-mounted files copied into it)`,
+    args: [GUEST_FIFO_DIR, GUEST_BLOCK_IMAGE_VIEW.slice(GUEST_FIFO_DIR.length + 1), block.device, "ext4", String((block.readOnly ? MS.RDONLY : 0) | MS.NOSYMFOLLOW), "", "dir", "1"],
+  };
+  return [...ops.slice(0, at), mount, view, ...ops.slice(at)];
 }
 
 /**

@@ -150,8 +150,16 @@ describe.skipIf(reason !== undefined)("cgroup v1 manager on this host", () => {
   });
 
   test("stats match the control files", () => {
-    const stats = manager.stats();
     const read = (controller: string, file: string) => readFileSync(join(manager.paths[controller]!, file), "utf8").trim();
+    // The sleeper may still be finishing its exec (or waking from the thaw): wait until its CPU time holds still.
+    const deadline = Date.now() + 5000;
+    for (let last = ""; ; ) {
+      const now = read("cpuacct", "cpuacct.usage");
+      if (now === last || Date.now() > deadline) break;
+      last = now;
+      Bun.sleepSync(20);
+    }
+    const stats = manager.stats();
     expect(stats.pids).toEqual({ current: 1, limit: 32 });
     expect(stats.memory.usage.limit).toBe(32 * MiB);
     // v1 does not move charges with a task, so usage may be 0; a sleeping task keeps it still.

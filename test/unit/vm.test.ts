@@ -14,7 +14,7 @@ import { writeCpio } from "../../src/vm/image/cpio.ts";
 import { readModinfo, resolveModules } from "../../src/vm/image/modules.ts";
 import { changedInputs, changedKernel, hasSymbolTable, type ImageInputs } from "../../src/vm/image/build.ts";
 import { parseConfigFragment, unmetConfig, type MinimalKernelInputs } from "../../src/vm/image/minimal-kernel.ts";
-import { Control, encodeFrame, Frame, FRAME_HEADER, FRAME_MAX, FrameReader, readU32, SESSION_MAX, u32Payload } from "../../src/vm/channel.ts";
+import { Control, encodeFrame, Frame, FRAME_HEADER, FRAME_MAX, FrameReader, readU32, SESSION_MAX, u32Payload, wakePayload, WAKE_ENTROPY_BYTES } from "../../src/vm/channel.ts";
 import { qemuArgs } from "../../src/vm/qemu.ts";
 import { firecrackerRequests } from "../../src/vm/firecracker.ts";
 import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "../../src/vm/plan.ts";
@@ -325,6 +325,19 @@ describe("the channel (src/vm/channel.ts and native/agent.h)", () => {
     // The agent's session table must hold at least a pod's worth; ids are u16 on both sides.
     expect(Number(/NK_SESSIONS_MAX\s+(\d+)/.exec(header)?.[1])).toBeGreaterThanOrEqual(16);
     expect(readFileSync(join(NATIVE, "agent.c"), "utf8")).toContain("buf[at + 5] | (unsigned)buf[at + 6] << 8");
+    expect(Number(/NK_WAKE_ENTROPY\s+(\d+)/.exec(header)?.[1])).toBe(WAKE_ENTROPY_BYTES);
+  });
+
+  test("WAKE carries the wall clock (u64 s, u32 ns), the entropy and the root disk", () => {
+    const entropy = new Uint8Array(WAKE_ENTROPY_BYTES).map((_, i) => i + 1);
+    const payload = wakePayload(1_764_369_000_250.5, entropy, "/dev/vda");
+    const view = new DataView(payload.buffer);
+    expect(view.getBigUint64(0, true)).toBe(1_764_369_000n);
+    expect(view.getUint32(8, true)).toBe(250_500_000);
+    expect([...payload.subarray(12, 12 + WAKE_ENTROPY_BYTES)]).toEqual([...entropy]);
+    expect(new TextDecoder().decode(payload.subarray(12 + WAKE_ENTROPY_BYTES))).toBe("/dev/vda");
+    expect(wakePayload(0, entropy).length).toBe(12 + WAKE_ENTROPY_BYTES);
+    expect(() => wakePayload(0, new Uint8Array(8))).toThrow("entropy");
   });
 });
 

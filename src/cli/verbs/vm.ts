@@ -2,7 +2,7 @@ import type { Verb } from "../main.ts";
 import { UsageError } from "../../util/errors.ts";
 import { writeStdout } from "../../util/output.ts";
 
-const USAGE = `check [--probe] [--format text|json] | build-image [--kernel minimal|debian] [--force]
+const USAGE = `check [--probe] [--format text|json] | build-image [--kernel minimal|debian] [--force] | template init|status|destroy
 
   check        can VM mode run here: /dev/kvm and whether KVM boots the guest, qemu, virtiofsd,
                the guest image (present, stale), the accelerator create would use and why
@@ -10,6 +10,10 @@ const USAGE = `check [--probe] [--format text|json] | build-image [--kernel mini
                rebuilds only when an input changed. --kernel minimal (default, or $NK_VM_KERNEL): compiled
                from Debian's linux-source-6.1 with src/vm/image/guest-kernel.config (minutes, once; the fast
                one to boot); --kernel debian: Debian's stock cloud kernel and its modules (no compiling)
+  template     VM templates (containers with io.nanokata.vm.template=true start as clones of a saved guest):
+               init [--memory MIB] [--vcpus N] makes the one a container of that size uses (default 256, 1;
+               create also makes it on first use); status lists them; destroy removes them all.
+               In $NK_VM_TEMPLATE_DIR (default /run/nano-kata/vm-templates)
   host DIR     (internal) the host process of a VM-mode container; create starts it
   member DIR   (internal) the stand-in of a container that joined its pod sandbox's VM
   exec-relay F (internal) the stand-in of an \`exec -d\` process; exec starts it`;
@@ -23,6 +27,8 @@ const vm: Verb = {
     { name: "probe", kind: "bool", help: "check: boot the guest under KVM now, even if a probe result is cached" },
     { name: "force", kind: "bool", help: "build-image: rebuild even when nothing changed" },
     { name: "kernel", kind: "string", value: "minimal|debian", help: "build-image: the guest kernel (default $NK_VM_KERNEL, else minimal)" },
+    { name: "memory", kind: "string", value: "MIB", help: "template init: the VM's memory (default 256)" },
+    { name: "vcpus", kind: "string", value: "N", help: "template init: the VM's vCPUs (default 1)" },
   ],
   async run(global, flags, args) {
     const [sub, ...rest] = args;
@@ -45,6 +51,31 @@ const vm: Verb = {
         });
         return 0;
       }
+      case "template": {
+        const t = await import("../../vm/template.ts");
+        const [action, ...more] = rest;
+        if (more.length) throw new UsageError(`"vm template ${action}" takes no further arguments`);
+        if (action === "status") {
+          writeStdout(t.describeTemplates(t.listTemplates()));
+          return 0;
+        }
+        if (action === "destroy") {
+          writeStdout(`removed ${t.removeTemplates()} VM template(s) from ${t.templateDir()}\n`);
+          return 0;
+        }
+        if (action !== "init") throw new UsageError(`usage: nk-runtime vm template init [--memory MIB] [--vcpus N] | status | destroy`);
+        const number = (flag: string, fallback: number, min: number) => {
+          const raw = flags[flag];
+          if (raw === undefined) return fallback;
+          const n = Number(raw);
+          if (!Number.isInteger(n) || n < min) throw new UsageError(`invalid --${flag} ${JSON.stringify(raw)}: expected a whole number of at least ${min}`);
+          return n;
+        };
+        const started = Date.now();
+        const { template, made } = await t.initTemplate({ memoryMiB: number("memory", 256, 128), vcpus: number("vcpus", 1, 1) }, global.log);
+        writeStdout(`${made ? `made in ${Date.now() - started} ms` : "already made"}: ${t.describeTemplates([template])}`);
+        return 0;
+      }
       case "host": {
         if (rest.length !== 1) throw new UsageError(`"vm host" requires exactly 1 argument (the container's state directory)`);
         const { runHost } = await import("../../vm/host.ts");
@@ -61,7 +92,7 @@ const vm: Verb = {
         return runDetachedRelay(rest[0]!, global.log);
       }
       default:
-        throw new UsageError(sub ? `no such vm command: ${sub} (check, build-image)` : `usage: nk-runtime vm ${USAGE}`);
+        throw new UsageError(sub ? `no such vm command: ${sub} (check, build-image, template)` : `usage: nk-runtime vm ${USAGE}`);
     }
   },
 };
