@@ -304,7 +304,9 @@ export async function startContainer(ctx: RuntimeContext, id: string): Promise<C
         // A short-lived process may open, write, exec and exit between our
         // read and this check: its byte is then waiting in the fifo.
         if (!isSameLiveProcess(record.pid, record.pidStartTime) && !readByte()) {
-          throw new ContainerError("container-stopped", `container ${id}: init exited before it could start`);
+          const seen = readProcStat(record.pid);
+          const what = !seen ? "gone" : seen.startTime !== record.pidStartTime ? `another process (start time ${seen.startTime}, recorded ${record.pidStartTime})` : `state ${seen.state}`;
+          throw new ContainerError("container-stopped", `container ${id}: init exited before it could start (pid ${record.pid}: ${what})`);
         }
         if (Date.now() > deadline) throw new ContainerError("start-timeout", `container ${id}: init did not take the start signal`);
         // Readable yet empty: a writer came and went (hang-up); do not spin on it.

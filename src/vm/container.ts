@@ -30,7 +30,7 @@ import { TEMPLATE_ANNOTATION, templateDiskMiB, templateRequested } from "./templ
 import { findImage, sha256File } from "./image/build.ts";
 import { GO_FD, readBootOrLaunch, readPids, writeBoot, writeLaunch, writePids, type ProcRef, type VmBoot, type VmLaunch } from "./launch.ts";
 import { inspectNetns, unwireMirror } from "./network.ts";
-import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE } from "./plan.ts";
+import { buildGuestPlan, checkVmSupport, GUEST_INIT_CONSOLE, type ShareEntry } from "./plan.ts";
 import { readReport } from "./report.ts";
 
 /** The annotation that asks for VM mode per container (podman --annotation, Kubernetes pod annotations). */
@@ -184,15 +184,21 @@ export async function createVmContainer(
     });
     const rootDrive = block ? { path: imagePath, readOnly: spec.root?.readonly === true } : undefined;
     const standInRequest = { record, stateDir, verb: "host" as const, opts, onChild: (c: ChildProcess) => (child = c) };
-    // A clone of a template needs nothing of the plan to start: its host process starts it now, while create
-    // plans and makes the rootfs image (~0.1 s that QEMU's own start then no longer adds). QEMU opens the image
-    // at once, so the file exists first, at its final size; mkfs.ext4 -F then writes into that same file.
-    if (fromTemplate) {
-      writeFileSync(imagePath, "");
-      truncateSync(imagePath, templateDisk * MIB);
-      writeBoot(stateDir, { id, driver, vm: vmConfig(rootDrive), fromTemplate: true, trace: ctx.tracer.enabled });
+    const virtiofsdSetup = (entries: ShareEntry[]): VmLaunch["virtiofsd"] =>
+      block ? undefined : { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries, logFile: join(runDir, "virtiofsd.log") };
+    // Starting the VM needs nothing of the plan: the host process starts it now, while create compiles seccomp,
+    // builds the plan and makes the rootfs image (~0.1 s that QEMU's own start then no longer adds to `create`);
+    // virtiofsd follows with the plan's share entries. Not for a block image made to the rootfs's measure (QEMU
+    // opens the image at once, and its size is known only once measured); a template's image has a fixed size,
+    // so it exists first, at that size, and mkfs.ext4 -F writes into that same file.
+    if (fromTemplate || !block) {
+      if (fromTemplate) {
+        writeFileSync(imagePath, "");
+        truncateSync(imagePath, templateDisk * MIB);
+      }
+      writeBoot(stateDir, { id, driver, vm: vmConfig(rootDrive), fromTemplate, trace: ctx.tracer.enabled, network: inspected?.network, virtiofsd: virtiofsdSetup([]) });
       standIn = spawnStandIn(ctx, { ...standInRequest, early: true });
-      ctx.log.debug(`vm ${id}: host process ${standIn.host.pid} started early: the VM starts from a template while create plans`);
+      ctx.log.debug(`vm ${id}: host process ${standIn.host.pid} started early: the VM starts while create plans`);
     }
     // mkfs.ext4 runs while the rest of create plans (seccomp, the guest plan).
     const imageSize = fromTemplate ? { sizeMiB: templateDisk } : {};
@@ -240,7 +246,7 @@ export async function createVmContainer(
       driver,
       vm: vmConfig(rootDrive),
       network: inspected?.network,
-      virtiofsd: block ? undefined : { binary: virtiofsd!, socket: join(runDir, "virtiofsd.sock"), shareDir: join(runDir, "share"), entries: guest.shares, logFile: join(runDir, "virtiofsd.log") },
+      virtiofsd: virtiofsdSetup(guest.shares),
       ops: guest.ops,
       fromTemplate,
       hostFifo,

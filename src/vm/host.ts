@@ -52,6 +52,12 @@ export async function loadDriver(name: VmLaunch["driver"]): Promise<HypervisorDr
 
 const procRef = (pid: number) => ({ pid, startTime: readProcStat(pid)?.startTime ?? "" });
 
+function killProcess(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {}
+}
+
 /** An early start's "go" (or its absence: create failed or died) on fd GO_FD, read to its end. */
 function goSignal(): Promise<string> {
   return new Promise((resolve) => {
@@ -164,11 +170,11 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     const listening = launch.virtiofsd ? listenForVirtiofsd(launch.virtiofsd) : -1;
     let launching: Promise<{ vm: RunningVm } | { error: unknown }>;
     try {
-      // launch() spawns QEMU before it first waits; QEMU holds the taps from then on.
       const recordVmm = (pid: number) => {
         pids.vmm = procRef(pid);
         writePids(stateDir, pids);
       };
+      // launch() spawns QEMU before it first waits; QEMU holds the taps from then on.
       launching = driver.launch(vmConfig, recordVmm).then(
         (running) => ({ vm: running }),
         (error: unknown) => ({ error }),
@@ -176,9 +182,21 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     } finally {
       for (const fd of tapFds) closeSync(fd); // the taps live exactly as long as QEMU
     }
-    const virtiofsd = launch.virtiofsd
+    if (going) {
+      // QEMU starts; create meanwhile plans (and makes the rootfs image), then says "go" with vm.json written.
+      // virtiofsd needs the plan's share entries: it starts after the "go" (QEMU waits for it meanwhile).
+      const go = await going;
+      if (go.trim() !== "go") {
+        if (pids.vmm) killProcess(pids.vmm.pid);
+        return finish(1, new VmError("create-aborted", "create ended before the container's plan was ready"));
+      }
+      launch = readLaunch(stateDir);
+      log.debug(`vm ${launch.id}: the plan is ready ("go")`);
+    }
+    const setup = launch.virtiofsd;
+    const virtiofsd = setup
       ? // Recorded as soon as it exists, so that finish() and `delete` can stop it even mid-start.
-        startVirtiofsd(launch.virtiofsd, listening, (pid) => {
+        startVirtiofsd(setup, listening, (pid) => {
           virtiofsdPid = pid;
           pids.virtiofsd = procRef(pid);
           writePids(stateDir, pids);
@@ -194,8 +212,6 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     if (virtiofsdError) throw virtiofsdError;
     if ("error" in launched) throw launched.error;
     vm = launched.vm;
-    pids.vmm = procRef(vm.pid);
-    writePids(stateDir, pids);
     log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms; guest RAM: ${vm.memory ?? "?"}`);
     // A clone's agent is where the template left it, waiting for a frame: the clock, fresh entropy and its disk first.
     if (restoring) vm.channel.write(encodeFrame(Frame.WAKE, wakePayload(Date.now(), crypto.getRandomValues(new Uint8Array(WAKE_ENTROPY_BYTES)), GUEST_ROOT_DEVICE)));
@@ -210,14 +226,6 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     const error = new VmError("vm-exited", `the VM exited (${code}) before the container did; console: ${consoleTail()}${restoring ? `; qemu: ${running.stderr().trim()}` : ""}`);
     void finish(255, await templateFailed(error));
   });
-
-  if (going) {
-    // The VM starts; create meanwhile plans and makes the rootfs image, then says "go".
-    const go = await going;
-    if (go.trim() !== "go") return finish(1, new VmError("create-aborted", "create ended before the container's plan was ready"));
-    launch = readLaunch(stateDir);
-    log.debug(`vm ${launch.id}: the plan is ready ("go")`);
-  }
 
   // process.terminal: the console client gets a host pty's master now, as
   // runc's create hands it over before it returns; the guest's pty follows.

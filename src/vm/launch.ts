@@ -25,13 +25,14 @@ export interface VmBoot {
   /** Start the VM as a clone of the template for its shape (template.ts), made first if there is none. */
   fromTemplate?: boolean;
   trace: boolean;
+  /** The client's network namespace and the interfaces mirrored into the VM (network.ts), if the spec named one. */
+  network?: VmNetwork;
+  /** virtiofsd: its socket listens from the start; it runs once vm.json (whose copy has the share's entries) is there. */
+  virtiofsd?: { binary: string; socket: string; shareDir: string; entries: ShareEntry[]; logFile: string };
 }
 
 export interface VmLaunch extends VmBoot {
-  virtiofsd?: { binary: string; socket: string; shareDir: string; entries: ShareEntry[]; logFile: string };
   ops: PlanOp[];
-  /** The client's network namespace and the interfaces mirrored into the VM (network.ts), if the spec named one. */
-  network?: VmNetwork;
   /** The host's exec fifo (`start` opens it) and the guest's (the agent opens it). */
   hostFifo: string;
   guestFifo: string;

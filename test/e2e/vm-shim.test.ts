@@ -8,7 +8,8 @@
  */
 import { afterAll, beforeAll, describe, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { release } from "node:os";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { testIf } from "../helpers/runtime.ts";
 import { containerdAvailable, have, IMAGE, isDirEmpty, shimProcesses, startContainerd, taskStatusOf, until, type Containerd } from "./shim-containerd.ts";
@@ -21,6 +22,7 @@ const IMAGE_ERROR = SKIP ? "" : ensureVmImage();
 const VM_TEST_TIMEOUT = 300_000;
 
 let c: Containerd;
+const templates = mkdtempSync(join(tmpdir(), "nkt-shim-templates-"));
 let cgroupsBefore: Map<string, Set<string>>;
 const ids: string[] = [];
 
@@ -49,7 +51,7 @@ describe("VM mode through the containerd shim", () => {
   beforeAll(async () => {
     if (SKIP) return;
     cgroupsBefore = cgroupTopLevel();
-    c = await startContainerd({ env: { NK_VM_CACHE: VM_CACHE } });
+    c = await startContainerd({ env: { NK_VM_CACHE: VM_CACHE, NK_VM_TEMPLATE_DIR: templates } });
   }, 120_000);
 
   afterAll(async () => {
@@ -60,6 +62,7 @@ describe("VM mode through the containerd shim", () => {
       c.ctr(["container", "rm", t]);
     }
     await c.stop();
+    rmSync(templates, { recursive: true, force: true });
     const problems = removeNewCgroupParents(cgroupsBefore, ["default"]);
     if (problems.length) throw new Error(problems.join("\n"));
   }, 120_000);
@@ -74,6 +77,22 @@ describe("VM mode through the containerd shim", () => {
       const kernel = r.stdout.trim();
       expect(kernel.length).toBeGreaterThan(0);
       expect(kernel).not.toBe(release());
+    },
+    VM_TEST_TIMEOUT,
+  );
+
+  testIf(
+    SKIP,
+    "ctr run --rm with io.nanokata.vm.template=true: the task's VM is a clone of a template (made by the first run), output and exit code",
+    () => {
+      expect(IMAGE_ERROR).toBe("");
+      for (const round of ["first", "second"]) {
+        const r = run(["--rm", "--annotation", "io.nanokata.mode=vm", "--annotation", "io.nanokata.vm.template=true", IMAGE, id(`tmpl-${round}`), "sh", "-c", "grep ' / ' /proc/mounts; exit 4"]);
+        expect({ round, code: r.code, stderr: r.stderr }).toEqual({ round, code: 4, stderr: "" });
+        expect(r.stdout).toMatch(/^\/dev\/vda \/ ext4 /);
+      }
+      expect(readdirSync(templates).filter((n) => /^[0-9a-f]{20}$/.test(n))).toHaveLength(1);
+      expect(ourQemus()).toEqual([]);
     },
     VM_TEST_TIMEOUT,
   );

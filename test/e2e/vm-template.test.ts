@@ -101,6 +101,24 @@ describe("VM templating (io.nanokata.vm.template)", () => {
     expect(finishedTemplates()).toHaveLength(before + 1);
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "two creates that need the same new template make it once (a lock per template) and both start from it", async () => {
+    const env = { ...ENV, NK_VM_TEMPLATE_DIR: join(templates, "concurrent") };
+    const runAsync = (b: Bundle) =>
+      new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+        const p = spawn(join(repoRoot(), "bin", "nk-runtime"), ["--root", stateRoot(), "--mode", "vm", "--debug", "run", "--bundle", b.dir, b.id], { env, stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        let err = "";
+        p.stdout!.on("data", (d: Buffer) => (out += d));
+        p.stderr!.on("data", (d: Buffer) => (err += d));
+        p.on("close", (code) => resolve({ code, out, err }));
+      });
+    const [a, b] = await Promise.all([runAsync(templated(["echo", "a"])), runAsync(templated(["echo", "b"]))]);
+    expect([a.code, a.out, b.code, b.out]).toEqual([0, "a\n", 0, "b\n"]);
+    expect([a.err, b.err].filter((e) => /template [0-9a-f]{20} made in/.test(e))).toHaveLength(1);
+    expect([a.err, b.err].filter((e) => /template [0-9a-f]{20} found/.test(e))).toHaveLength(1);
+    expect(readdirSync(join(templates, "concurrent")).filter((n) => /^[0-9a-f]{20}$/.test(n))).toHaveLength(1);
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "a broken template: create fails with a clear error, the template is removed, nothing is left; the next create makes a new one", () => {
     // Damage the default template's saved state: the clone cannot load it.
     for (const key of finishedTemplates()) {
