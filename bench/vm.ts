@@ -8,7 +8,7 @@
  *   (c) host memory of one running VM-mode container: QEMU, virtiofsd and the
  *       host process (RSS)
  *   (d) where the time of one `true` goes (see breakdown())
- *   (e) (b) and (d) again for a container started from a VM template
+ *   (e) (b), (c) and (d) again for a container started from a VM template
  *       (io.nanokata.vm.template=true: a block rootfs, the VM a clone of a
  *       saved guest), with the templates in a directory of the bench's own
  * Prints medians; the accelerator (tcg or kvm) is named with the numbers.
@@ -50,6 +50,23 @@ function rss(pid: number | undefined): number {
     return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
   } catch {
     return 0;
+  }
+}
+
+/**
+ * A process's memory from smaps_rollup, in MiB: resident; its own (dirty:
+ * written by it, anonymous or copied on write); clean file pages (a clone's
+ * template RAM pages it only read, which every clone of the template shares
+ * through the page cache, and QEMU's code).
+ */
+function smaps(pid: number | undefined): { rss: number; own: number; clean: number } {
+  if (!pid) return { rss: 0, own: 0, clean: 0 };
+  try {
+    const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+    const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? 0) / 1024;
+    return { rss: kib("Rss"), own: kib("Private_Dirty") + kib("Shared_Dirty"), clean: kib("Private_Clean") + kib("Shared_Clean") };
+  } catch {
+    return { rss: 0, own: 0, clean: 0 };
   }
 }
 
@@ -145,6 +162,22 @@ async function main(): Promise<void> {
     const templatedRuns: number[] = [];
     for (let i = 0; i < N; i++) templatedRuns.push(runTemplated(`tmpl${i}`));
     console.log(`run true from a VM template:  ${fmt(templatedRuns)} (the first run, which made the template: ${making.toFixed(0)} ms)`);
+    // One running clone: its QEMU's memory, and how much of it is the template's (shared) pages.
+    const sleepingClone = makeBundle({ args: ["sleep", "60"], override: (c) => (c.annotations = { "io.nanokata.vm.template": "true" }) });
+    try {
+      const cc = spawnSync(BIN, ["--root", root, "--mode", "vm", "create", "--bundle", sleepingClone.dir, "cmem"], { env, stdio: "ignore" });
+      if (cc.status !== 0) throw new Error(`create failed (exit ${cc.status})`);
+      rt(["start", "cmem"]);
+      await Bun.sleep(1000);
+      const clonePids = JSON.parse(readFileSync(join(root, "cmem", "vm-pids.json"), "utf8"));
+      const m = smaps(clonePids.vmm?.pid);
+      console.log(
+        `memory of a clone (RSS): qemu ${m.rss.toFixed(0)} MiB (its own ${m.own.toFixed(0)} MiB; clean file pages ${m.clean.toFixed(0)} MiB: the template's RAM it only read, shared by every clone, and QEMU's code), host process ${rss(clonePids.host?.pid).toFixed(0)} MiB`,
+      );
+      rt(["delete", "--force", "cmem"]);
+    } finally {
+      sleepingClone.cleanup();
+    }
     await breakdown(templated.dir, "one `true` from a VM template");
   } finally {
     for (const b of [echo, nothing, sleeper, templated]) b.cleanup();

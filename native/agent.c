@@ -50,6 +50,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/fs.h>
+#include <net/if.h>
+#include <net/if_arp.h>
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
 
@@ -802,8 +804,43 @@ static void say_hello(const char *how)
  * not), and a wall clock stopped at the moment the template was saved. Mix
  * the host's entropy in and reseed at once, set the clock, and drop the
  * page cache of the root disk: the template read its placeholder's first
- * blocks while probing it, and the container's image is another disk.
+ * blocks while probing it, and the container's image is another disk. Its
+ * network cards still carry the template's MACs: each takes the container's
+ * (the plan finds a card by its MAC; virtio-net tells QEMU the new one).
  */
+static void set_mac(const unsigned char *from, const unsigned char *to)
+{
+	char want[18], path[300], got[32];
+	snprintf(want, sizeof want, "%02x:%02x:%02x:%02x:%02x:%02x", from[0], from[1], from[2], from[3], from[4], from[5]);
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || strlen(e->d_name) >= IFNAMSIZ)
+			continue;
+		snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd >= 0 ? read(fd, got, sizeof got - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n < 17 || strncmp(got, want, 17) != 0)
+			continue;
+		struct ifreq ifr = {0};
+		snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", e->d_name);
+		ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+		memcpy(ifr.ifr_hwaddr.sa_data, to, 6);
+		int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		if (s < 0 || ioctl(s, SIOCSIFHWADDR, &ifr) < 0)
+			fatal("give a network card the container's MAC");
+		close(s);
+		closedir(d);
+		return;
+	}
+	if (d)
+		closedir(d);
+	errno = ENODEV;
+	fatal("find the template's network card by its MAC");
+}
+
 static void wake(const unsigned char *p, size_t len)
 {
 	if (len < 12 + NK_WAKE_ENTROPY) {
@@ -824,15 +861,22 @@ static void wake(const unsigned char *p, size_t len)
 		fatal("reseed the random number generator"); /* a clone must not run with its template's CRNG state */
 	close(r);
 	memset(&seed, 0, sizeof seed);
-	size_t dev_len = len - 12 - NK_WAKE_ENTROPY;
+	size_t at = 12 + NK_WAKE_ENTROPY;
+	size_t dev_len = at < len ? p[at++] : 0;
+	if (at + dev_len > len || (len - at - dev_len) % 12 != 0) {
+		errno = EPROTO;
+		fatal("a wake frame out of shape");
+	}
 	if (dev_len) {
 		char dev[64];
-		snprintf(dev, sizeof dev, "%.*s", (int)(dev_len < sizeof dev ? dev_len : sizeof dev - 1), (const char *)p + 12 + NK_WAKE_ENTROPY);
+		snprintf(dev, sizeof dev, "%.*s", (int)(dev_len < sizeof dev ? dev_len : sizeof dev - 1), (const char *)p + at);
 		int d = open(dev, O_RDONLY | O_CLOEXEC);
 		if (d < 0 || ioctl(d, BLKFLSBUF) < 0)
 			fatal("drop the root disk's cache");
 		close(d);
 	}
+	for (at += dev_len; at < len; at += 12)
+		set_mac(p + at, p + at + 6);
 	step("woken from a template");
 	say_hello("woken");
 }

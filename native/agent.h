@@ -25,8 +25,9 @@
 #define NK_F_RESIZE 7  /* u32 rows, u32 cols: TIOCSWINSZ on the session's pty master */
 #define NK_F_READ 8    /* a path: answer FILE with its contents (stats of the guest's cgroup) */
 #define NK_F_WAKE 9    /* a VM restored from a template: u64 seconds, u32 nanoseconds (the host's wall clock),
-			  NK_WAKE_ENTROPY bytes of host entropy, then a block device path (may be empty) whose
-			  cache to drop; answered with HELLO */
+			  NK_WAKE_ENTROPY bytes of host entropy, u8 length + a block device path (may be empty)
+			  whose cache to drop, then for each network card 6 bytes of the template's MAC and 6 of
+			  the container's; answered with HELLO */
 #define NK_WAKE_ENTROPY 64
 
 /* guest -> host */

@@ -29,8 +29,9 @@
  *
  * A VM restored from a template (template.ts) said HELLO long ago, to the host
  * that made the template; its host begins with WAKE (the wall clock, entropy
- * to reseed the guest's CRNG with, the root disk whose cache to drop) and the
- * agent answers with a fresh HELLO "<version> <uptime ms> woken".
+ * to reseed the guest's CRNG with, the root disk whose cache to drop, the
+ * container's MAC for each network card) and the agent answers with a fresh
+ * HELLO "<version> <uptime ms> woken".
  *
  * With a terminal, the pty's output comes as STDOUT and STDIN goes to the
  * pty. stdin is flow-controlled: a host keeps at most STDIN_WINDOW bytes per
@@ -109,17 +110,34 @@ export function readU32(payload: Uint8Array, index = 0): number {
 /** WAKE's entropy, in bytes (NK_WAKE_ENTROPY): 512 bits, twice what the guest's CRNG needs to count as seeded. */
 export const WAKE_ENTROPY_BYTES = 64;
 
-/** WAKE: u64 seconds, u32 nanoseconds of the host's wall clock, the entropy, then the root disk's path (or nothing). */
-export function wakePayload(nowMs: number, entropy: Uint8Array, rootDevice = ""): Uint8Array {
+/**
+ * WAKE: u64 seconds, u32 nanoseconds of the host's wall clock, the entropy,
+ * u8 length + the root disk's path (or nothing), then per network card its
+ * template's MAC and the container's, 6 bytes each.
+ */
+export function wakePayload(nowMs: number, entropy: Uint8Array, rootDevice = "", macs: ReadonlyArray<{ from: string; to: string }> = []): Uint8Array {
   if (entropy.length !== WAKE_ENTROPY_BYTES) throw new Error(`WAKE needs ${WAKE_ENTROPY_BYTES} bytes of entropy, not ${entropy.length}`);
   const device = new TextEncoder().encode(rootDevice);
-  const out = new Uint8Array(12 + WAKE_ENTROPY_BYTES + device.length);
+  if (device.length > 63) throw new Error(`WAKE: the root device path ${rootDevice} is too long`);
+  const macBytes = (mac: string) => {
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(mac)) throw new Error(`WAKE: ${JSON.stringify(mac)} is not a MAC address`);
+    return mac.split(":").map((h) => parseInt(h, 16));
+  };
+  const out = new Uint8Array(12 + WAKE_ENTROPY_BYTES + 1 + device.length + 12 * macs.length);
   const view = new DataView(out.buffer);
   const seconds = Math.floor(nowMs / 1000);
   view.setBigUint64(0, BigInt(seconds), true);
   view.setUint32(8, Math.round((nowMs - seconds * 1000) * 1e6), true);
   out.set(entropy, 12);
-  out.set(device, 12 + WAKE_ENTROPY_BYTES);
+  let at = 12 + WAKE_ENTROPY_BYTES;
+  out[at++] = device.length;
+  out.set(device, at);
+  at += device.length;
+  for (const { from, to } of macs) {
+    out.set(macBytes(from), at);
+    out.set(macBytes(to), at + 6);
+    at += 12;
+  }
   return out;
 }
 

@@ -159,8 +159,6 @@ export async function createVmContainer(
     if (driver === "firecracker" && inspected?.network.interfaces.length) {
       throw new VmError("vm-unsupported", `linux.namespaces[${netnsIndex}]: the Firecracker driver cannot take network interfaces yet (use QEMU, or --network none)`);
     }
-    // microvm has no hotplug: a network card must be there at boot, and a template's VM has none.
-    if (fromTemplate && inspected?.network.interfaces.length) bootsInstead(`the container has a network (linux.namespaces[${netnsIndex}]), which a template's VM cannot take`);
     if (inspected) ctx.log.debug(`vm ${id}: network ${inspected.network.netnsPath}: ${inspected.network.interfaces.map((i) => `${i.name} ${i.mac} via ${i.tap}`).join(", ") || "no interface to mirror"}`);
     const size = vmSize(spec);
     const runDir = vmRunDir(stateDir, id);

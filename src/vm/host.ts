@@ -214,7 +214,11 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     vm = launched.vm;
     log.debug(`vm ${launch.id}: ${driver.name} pid ${vm.pid} (${launch.vm.accel}) started in ${Date.now() - started} ms; guest RAM: ${vm.memory ?? "?"}`);
     // A clone's agent is where the template left it, waiting for a frame: the clock, fresh entropy and its disk first.
-    if (restoring) vm.channel.write(encodeFrame(Frame.WAKE, wakePayload(Date.now(), crypto.getRandomValues(new Uint8Array(WAKE_ENTROPY_BYTES)), GUEST_ROOT_DEVICE)));
+    if (restoring) {
+      const { templateMac } = await import("./template.ts");
+      const macs = (launch.vm.nics ?? []).map((nic, i) => ({ from: templateMac(i), to: nic.mac }));
+      vm.channel.write(encodeFrame(Frame.WAKE, wakePayload(Date.now(), crypto.getRandomValues(new Uint8Array(WAKE_ENTROPY_BYTES)), GUEST_ROOT_DEVICE, macs)));
+    }
   } catch (e) {
     return finish(1, await templateFailed(e instanceof VmError ? e : new VmError("vm-start-failed", (e as Error).message)));
   }

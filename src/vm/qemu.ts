@@ -199,6 +199,9 @@ export class QemuDriver implements HypervisorDriver {
       if (template?.role === "restore") {
         // Both sides of a template migration skip the RAM (x-ignore-shared): it is the template's file.
         await qmp.run("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+        // No self-announcement after the load: it would send RARPs with the template's MACs into the container's
+        // network; the agent gives each card the container's MAC first thing (WAKE).
+        await qmp.run("migrate-set-parameters", { "announce-rounds": 0 });
         // Loads in the background; the guest runs when it is done (no -S). A failed load ends QEMU: `exited`.
         await qmp.run("migrate-incoming", { uri: `fd:${stateFdInChild}` });
       }

@@ -31,6 +31,7 @@ const IFREQ_SIZE = 40;
 
 interface Calls {
   setns(fd: number, type: number): number;
+  unshare(flags: number): number;
   ioctl(fd: number, request: number, arg: Uint8Array): number;
   socket(domain: number, type: number, protocol: number): number;
   close(fd: number): number;
@@ -42,12 +43,14 @@ function libc(): Calls {
   if (calls) return calls;
   const { fns: s, errno, ffi: { ptr } } = openLibc((FFIType) => ({
     setns: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    unshare: { args: [FFIType.i32], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
     socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     close: { args: [FFIType.i32], returns: FFIType.i32 },
   }));
   calls = {
     setns: (fd, type) => s.setns(fd, type) as number,
+    unshare: (flags) => s.unshare(flags) as number,
     ioctl: (fd, request, arg) => s.ioctl(fd, request, ptr(arg)) as number,
     socket: (d, t, p) => s.socket(d, t, p) as number,
     close: (fd) => s.close(fd) as number,
@@ -75,16 +78,46 @@ export interface TapRequest {
  * then closes its copies). On failure nothing stays open.
  */
 export function openTaps(netnsPath: string, taps: readonly TapRequest[]): number[] {
+  return inNetns(netnsPath, () => {
+    const target = openSync(netnsPath, "r");
+    try {
+      if (libc().setns(target, CLONE_NEWNET) !== 0) throw new VmError("tap-failed", `setns in network namespace ${netnsPath}: errno ${libc().errno()}`);
+    } finally {
+      closeSync(target);
+    }
+  }, taps).fds;
+}
+
+/**
+ * Taps in a network namespace of their own, made for the purpose (unshare):
+ * a VM template's network cards need a backend while the template boots,
+ * and nothing of the host's network may see them. The namespace lives while
+ * its fd is open (the caller closes it once the VM is gone).
+ */
+export function openTapsInNewNetns(taps: readonly TapRequest[]): { fds: number[]; netnsFd: number } {
+  let netnsFd = -1;
+  try {
+    const { fds } = inNetns("(a new one)", () => {
+      if (libc().unshare(CLONE_NEWNET) !== 0) throw new VmError("tap-failed", `unshare a network namespace: errno ${libc().errno()}`);
+      netnsFd = openSync("/proc/thread-self/ns/net", "r");
+    }, taps);
+    return { fds, netnsFd };
+  } catch (error) {
+    if (netnsFd >= 0) closeSync(netnsFd);
+    throw error;
+  }
+}
+
+/** Enter a network namespace on this thread (enter()), make the taps there, and come back. */
+function inNetns(netnsPath: string, enter: () => void, taps: readonly TapRequest[]): { fds: number[] } {
   const c = libc();
   const fail = (what: string, errno: number) => new VmError("tap-failed", `${what} in network namespace ${netnsPath}: errno ${errno}`);
   const ownNs = openSync("/proc/thread-self/ns/net", "r");
   const fds: number[] = [];
-  let targetNs = -1;
   let sock = -1;
   let entered = false;
   try {
-    targetNs = openSync(netnsPath, "r");
-    if (c.setns(targetNs, CLONE_NEWNET) !== 0) throw fail("setns", c.errno());
+    enter();
     entered = true;
     // A socket made in the namespace: the interface ioctls act on its namespace.
     sock = c.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -106,18 +139,18 @@ export function openTaps(netnsPath: string, taps: readonly TapRequest[]): number
       view.setUint16(IFNAMSIZ, view.getUint16(IFNAMSIZ, true) | IFF_UP, true);
       if (c.ioctl(sock, SIOCSIFFLAGS, flags) !== 0) throw fail(`bring ${tap.name} up`, c.errno());
     }
-    return fds;
+    return { fds };
   } catch (error) {
     for (const fd of fds) closeSync(fd);
     if (error instanceof VmError) throw error;
     throw new VmError("tap-failed", `taps in network namespace ${netnsPath}: ${(error as Error).message}`);
   } finally {
     if (sock >= 0) c.close(sock);
-    // Back to our own namespace before anything else runs on this thread.
-    if (entered && c.setns(ownNs, CLONE_NEWNET) !== 0) {
+    // Back to our own namespace before anything else runs on this thread (unshare or setns may have failed
+    // after changing it: come back whatever happened).
+    if (c.setns(ownNs, CLONE_NEWNET) !== 0 && entered) {
       throw new VmError("tap-failed", `setns back to the runtime's network namespace: errno ${c.errno()}`);
     }
     closeSync(ownNs);
-    if (targetNs >= 0) closeSync(targetNs);
   }
 }

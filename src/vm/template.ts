@@ -26,8 +26,11 @@
  * CRNG state and its stopped wall clock. What it cannot have: virtiofs (QEMU
  * does not migrate vhost-user-fs, and vhost-user needs shared RAM), so the
  * rootfs is a block image of exactly the template's disk size, the guest's
- * view of the disk having been fixed when the template probed it; and network
- * cards (microvm has no hotplug), so a container with a network boots cold.
+ * view of the disk having been fixed when the template probed it. Network
+ * cards must be there at boot (microvm has no hotplug): a template has as
+ * many as its clones, on taps in a network namespace of its own while it
+ * boots; a clone gets the container's taps, and WAKE gives each card the
+ * container's MAC.
  */
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -59,7 +62,7 @@ export function templateDiskMiB(): number {
 }
 
 /** Bumped when what a template holds changes meaning (the agent's WAKE, the save procedure). */
-const TEMPLATE_LAYOUT = 1;
+const TEMPLATE_LAYOUT = 2;
 
 export function templateDir(): string {
   return process.env.NK_VM_TEMPLATE_DIR ?? "/run/nano-kata/vm-templates";
@@ -91,6 +94,8 @@ export interface TemplateInputs {
   vcpus: number;
   accel: string;
   driveMiB: number;
+  /** Network cards: a template has as many as its clones (microvm has no hotplug), with templateMac(i). */
+  nics: number;
 }
 
 export interface TemplateMeta {
@@ -129,6 +134,7 @@ export function templateInputs(vm: VmConfig): TemplateInputs {
     vcpus: vm.vcpus,
     accel: vm.accel,
     driveMiB: templateDiskMiB(),
+    nics: vm.nics?.length ?? 0,
   };
 }
 
@@ -252,6 +258,7 @@ async function makeTemplate(vm: VmConfig, inputs: TemplateInputs, key: string, l
   // Unix socket paths are short (108 bytes): the template's sockets live apart from the (configurable) template directory.
   const runDir = mkdtempSync(join(tmpdir(), "nk-template-"));
   let running: RunningVm | undefined;
+  let taps: { fds: number[]; netnsFd: number } | undefined;
   try {
     const placeholder = join(scratch, "drive");
     writeFileSync(placeholder, "");
@@ -259,14 +266,25 @@ async function makeTemplate(vm: VmConfig, inputs: TemplateInputs, key: string, l
     const { QemuDriver } = await import("./qemu.ts");
     const started = Date.now();
     const recordVmm = (pid: number) => writeFileSync(join(scratch, "vmm.json"), JSON.stringify({ pid, startTime: readProcStat(pid)?.startTime ?? "" }));
-    running = await new QemuDriver().launch({
-      ...vm,
-      runDir,
-      share: undefined,
-      nics: undefined,
-      rootDrive: { path: placeholder, readOnly: false },
-      template: { role: "save", ram: join(scratch, "ram"), state: join(scratch, "state") },
-    }, recordVmm);
+    // Network cards need a backend while the template boots: taps in a network namespace of their own,
+    // which nothing else sees (a clone gets the container's taps instead).
+    if (inputs.nics) {
+      const { openTapsInNewNetns } = await import("./tap.ts");
+      taps = openTapsInNewNetns(Array.from({ length: inputs.nics }, (_, i) => ({ name: `nktmpl${i}`, mtu: 0 })));
+    }
+    const launching = new QemuDriver().launch(
+      {
+        ...vm,
+        runDir,
+        share: undefined,
+        nics: taps?.fds.map((tapFd, i) => ({ mac: templateMac(i), tapFd })),
+        rootDrive: { path: placeholder, readOnly: false },
+        template: { role: "save", ram: join(scratch, "ram"), state: join(scratch, "state") },
+      },
+      recordVmm,
+    );
+    for (const fd of taps?.fds.splice(0) ?? []) closeSync(fd); // QEMU holds them now
+    running = await launching;
     await nextFrame(running, Frame.HELLO, "say HELLO", 60_000);
     const bootMs = Date.now() - started;
     // A READ's answer: the agent has finished its boot and waits in its loop, where every clone will start.
@@ -304,7 +322,14 @@ async function makeTemplate(vm: VmConfig, inputs: TemplateInputs, key: string, l
     throw e instanceof VmError ? e : new VmError("template-failed", `making the VM template: ${(e as Error).message}`);
   } finally {
     rmSync(runDir, { recursive: true, force: true });
+    for (const fd of taps?.fds ?? []) closeSync(fd);
+    if (taps) closeSync(taps.netnsFd); // the taps' namespace goes with it
   }
+}
+
+/** The MAC of a template's network card i; a clone's agent gives each card the container's (WAKE). */
+export function templateMac(i: number): string {
+  return `02:6e:6b:7e:00:${i.toString(16).padStart(2, "0")}`;
 }
 
 /**

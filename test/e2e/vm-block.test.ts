@@ -9,15 +9,11 @@
  * left. And podman on a block rootfs, end to end.
  */
 import { afterAll, describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ensureBusyboxRootfs } from "../helpers/rootfs.ts";
-import { cleanupAll, containerStdout, ok, outputPaths, rt, runtimeBinary, startContainer, stateRoot, testIf, waitForStatus } from "../helpers/runtime.ts";
+import { cleanupAll, containerStdout, ok, outputPaths, rt, startContainer, stateRoot, testIf, waitForStatus } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
-import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
-import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, podmanOnNanoKata, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
 const SKIP = vmSkipReason() ?? (which("mkfs.ext4") || existsSync("/usr/sbin/mkfs.ext4") ? null : "mkfs.ext4 is not installed (apt-get install e2fsprogs)");
 let imageError = "";
@@ -205,31 +201,16 @@ describe("VM mode with a block rootfs (mkfs.ext4 -d, virtio-blk)", () => {
 describe("podman with a block rootfs", () => {
   const reason = SKIP ?? (which("podman") && which("conmon") ? null : "podman or conmon is not installed");
   testIf(reason, "podman run --annotation io.nanokata.vm.rootfs=block: /etc/hosts, /etc/hostname and a -v file in the image (ro not writable), /dev/shm a tmpfs, exec; a -v directory refused by mounts[i]; rm leaves nothing", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nkt-vm-podblock-"));
-    // podman's cgroupfs parent (/libpod_parent, with conmon's cgroup in it): ours to remove if this test made it.
-    const cgroupsBefore = cgroupTopLevel();
-    // conmon does not pass podman's environment on to the runtime: a wrapper names the image cache, a state root of
-    // the test's own (so every process and file of its containers names dir) and a debug log.
-    const wrapper = join(dir, "nk-runtime");
+    // A state root of the test's own (so every process and file of its containers names its directory) and a debug log.
+    const { dir, podman, image, importBusybox, teardown } = podmanOnNanoKata("nkt-vm-podblock-", {
+      runtimeFlags: (d) => ["--root", join(d, "nk"), "--debug", "--log", join(d, "nk.log")],
+      env: (d) => ({ NK_VM_TEMPLATE_DIR: join(d, "templates") }),
+    });
     const stateDirs = join(dir, "nk");
     const log = join(dir, "nk.log");
-    writeFileSync(
-      wrapper,
-      `#!/bin/sh\nNK_VM_CACHE='${VM_CACHE}' NK_VM_TEMPLATE_DIR='${join(dir, "templates")}' exec '${runtimeBinary()}' --root '${stateDirs}' --debug --log '${log}' "$@"\n`,
-      { mode: 0o755 },
-    );
-    const podman = (args: string[], input?: string) =>
-      spawnSync(
-        "podman",
-        ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", wrapper, ...args],
-        { encoding: "utf8", input, timeout: VM_TIMEOUT, killSignal: "SIGKILL" },
-      );
     const vmBlock = ["--network", "none", "--annotation", "io.nanokata.mode=vm", "--annotation", "io.nanokata.vm.rootfs=block"];
-    const image = "localhost/nkt-vm-busybox:latest";
     try {
-      const tar = join(dir, "rootfs.tar");
-      expect(spawnSync("tar", ["--numeric-owner", "-C", ensureBusyboxRootfs(), "-cf", tar, "."]).status).toBe(0);
-      expect(podman(["import", tar, image]).status).toBe(0);
+      importBusybox();
       writeFileSync(join(dir, "app.conf"), "setting=1\n");
       const script = [
         "hostname",
@@ -288,12 +269,7 @@ describe("podman with a block rootfs", () => {
       expect(podman(["ps", "--all", "--quiet"]).stdout.trim()).toBe("");
       expect(readdirSync(stateDirs)).toEqual([]);
     } finally {
-      podman(["rm", "--all", "--force", "--time", "0"]);
-      podman(["rmi", "--all", "--force"]);
-      expect(processesNaming(dir)).toEqual([]);
-      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir);
-      rmSync(dir, { recursive: true, force: true });
-      expect(removeNewCgroupParents(cgroupsBefore, ["libpod_parent"])).toEqual([]);
+      teardown();
     }
   }, 3 * VM_TIMEOUT);
 });

@@ -7,11 +7,13 @@
  */
 import { afterEach, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot } from "../helpers/rootfs.ts";
-import { deleteForce, describeResult, integrationSkipReason, newBundle, outputPaths, rt, runtimeKind, stateRoot } from "../helpers/runtime.ts";
+import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
+import { deleteForce, describeResult, integrationSkipReason, newBundle, outputPaths, rt, runtimeBinary, runtimeKind, stateRoot } from "../helpers/runtime.ts";
 import type { Bundle, BundleOptions } from "../helpers/bundle.ts";
+import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
 
 /** NK_TEST_VM_CACHE: another image directory (to try a kernel without touching the shared cache). */
 export const VM_CACHE = process.env.NK_TEST_VM_CACHE ?? join(repoRoot(), ".cache", "vm");
@@ -96,5 +98,51 @@ export function bundlesCheckedAfterEach(after?: () => void): (opts: BundleOption
     const b = newBundle(opts);
     used.push(b.id);
     return b;
+  };
+}
+
+/**
+ * podman driving nano-kata from a directory of the test's own (its storage,
+ * run root and a wrapper for the runtime), with the busybox rootfs imported
+ * as `image` (importBusybox). conmon does not pass podman's environment on to the runtime,
+ * so the wrapper sets NK_VM_CACHE (and `env`) and adds `runtimeFlags`.
+ * teardown() removes every container and image, checks that no process or
+ * mount names the directory, removes it, and removes the cgroup parent
+ * podman made (/libpod_parent) if this test made it.
+ */
+export function podmanOnNanoKata(
+  prefix: string,
+  opts: { runtimeFlags?: (dir: string) => string[]; env?: (dir: string) => Record<string, string>; /** run podman through this (nsenter into a namespace) */ enter?: string[] } = {},
+) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const cgroupsBefore = cgroupTopLevel();
+  const wrapper = join(dir, "nk-runtime");
+  const env = Object.entries({ NK_VM_CACHE: VM_CACHE, ...opts.env?.(dir) }).map(([k, v]) => `${k}='${v}'`);
+  const flags = (opts.runtimeFlags?.(dir) ?? []).map((f) => `'${f}'`);
+  writeFileSync(wrapper, `#!/bin/sh\n${env.join(" ")} exec '${runtimeBinary()}' ${flags.join(" ")} "$@"\n`, { mode: 0o755 });
+  const podman = (args: string[], input?: string) =>
+    spawnSync(
+      opts.enter?.[0] ?? "podman",
+      [...(opts.enter ? [...opts.enter.slice(1), "podman"] : []), "--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", wrapper, ...args],
+      { encoding: "utf8", input, timeout: VM_TIMEOUT, killSignal: "SIGKILL" },
+    );
+  const image = "localhost/nkt-vm-busybox:latest";
+  return {
+    dir,
+    podman,
+    image,
+    importBusybox(): void {
+      const tar = join(dir, "rootfs.tar");
+      expect(spawnSync("tar", ["--numeric-owner", "-C", ensureBusyboxRootfs(), "-cf", tar, "."]).status).toBe(0);
+      expect(podman(["import", tar, image]).status).toBe(0);
+    },
+    teardown(): void {
+      podman(["rm", "--all", "--force", "--time", "0"]);
+      podman(["rmi", "--all", "--force"]);
+      expect(processesNaming(dir)).toEqual([]);
+      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir);
+      rmSync(dir, { recursive: true, force: true });
+      expect(removeNewCgroupParents(cgroupsBefore, ["libpod_parent"])).toEqual([]);
+    },
   };
 }

@@ -11,16 +11,14 @@
  */
 import { afterAll, beforeAll, describe, expect } from "bun:test";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
-import { ensureBusyboxRootfs } from "../helpers/rootfs.ts";
 import {
   containerStdout,
   ok,
   outputPaths,
   rt,
-  runtimeBinary,
   startContainer,
   state,
   stateRoot,
@@ -29,8 +27,8 @@ import {
   waitUntil,
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
-import { cgroupTopLevel, removeNewCgroupParents, startNetnsHolder, type NetnsHolder } from "./daemons.ts";
-import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, which } from "./vm-helpers.ts";
+import { startNetnsHolder, type NetnsHolder } from "./daemons.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, podmanOnNanoKata, processesNaming, vcreate, VM_ENV, VM_TIMEOUT, vmSkipReason, which } from "./vm-helpers.ts";
 
 /** The test network: the container's eth0 and its peer, IPv4 and IPv6, an MTU and MAC of our choosing. */
 const NET = {
@@ -210,6 +208,37 @@ describe("VM mode: the container's network namespace, mirrored into the VM", () 
     expect(netnsState(container!)).toEqual(CLEAN);
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "from a VM template (two cards): each clone's cards take the container's MACs; traffic flows both ways; nothing left", async () => {
+    const templates = mkdtempSync(join(tmpdir(), "nkt-vm-net-templates-"));
+    const env = { ...VM_ENV, NK_VM_TEMPLATE_DIR: templates };
+    try {
+      const script = [
+        "cat /sys/class/net/eth0/address /sys/class/net/eth1/address",
+        "ip -o addr show dev eth0 | grep -v fe80 | awk '{print $3, $4}'",
+        `ping -c1 -W10 ${NET.peer4} >/dev/null && echo ping4 ok`,
+        `ping -c1 -W10 ${NET.peer1} >/dev/null && echo ping eth1 ok`,
+        `wget -q -O- http://${NET.peer4}:${NET.port}/index.html`,
+      ].join("; ");
+      // The first makes the template (its cards on taps of a namespace of its own), the second is a clone of it.
+      for (const round of ["makes the template", "clones it"]) {
+        const b = netBundle(["sh", "-c", script], (c) => (c.annotations = { ...c.annotations, "io.nanokata.vm.template": "true" }));
+        const r = rt(["--mode", "vm", "--debug", "run", "--bundle", b.dir, b.id], { env, timeoutMs: VM_TIMEOUT });
+        expect({ round, code: r.code, out: r.stdout.trim().split("\n") }).toEqual({
+          round,
+          code: 0,
+          out: [NET.mac, NET.mac1, `inet ${NET.guest4}/24`, `inet6 ${NET.guest6}/64`, "ping4 ok", "ping eth1 ok", "hello from the peer"],
+        });
+        expect(r.stderr).toContain("woken");
+        await expectNothingLeft(b.id);
+        expect(netnsState(container!)).toEqual(CLEAN);
+      }
+      // The template's own taps were in a namespace of their own: none is anywhere now.
+      expect(processesNaming(templates).filter((p) => p.includes("qemu"))).toEqual([]);
+    } finally {
+      rmSync(templates, { recursive: true, force: true });
+    }
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "a plan that fails in the guest: the error, and no tap or tc filter left in the namespace", async () => {
     const b = netBundle(["/no/such/binary"]);
     const r = rt(["--mode", "vm", "run", "--bundle", b.dir, b.id], { env: VM_ENV, timeoutMs: VM_TIMEOUT });
@@ -278,51 +307,47 @@ describe("VM mode: the container's network namespace, mirrored into the VM", () 
 
 describe("VM mode on podman's default network (CNI bridge)", () => {
   const reason = SKIP ?? (which("podman") && which("conmon") && which("iptables") ? null : "podman, conmon or iptables is not installed");
-  testIf(reason, "podman run --annotation io.nanokata.mode=vm: eth0 from CNI's IPAM, the bridge's server reached from the guest", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nkt-vm-podman-net-"));
-    const cgroupsBefore = cgroupTopLevel();
+  testIf(reason, "podman run --annotation io.nanokata.mode=vm, booting and from a template: eth0 from CNI's IPAM, the bridge's server reached from the guest", async () => {
     // podman, CNI's bridge and its iptables rules all live in a namespace of our own.
     const holder = await startNetnsHolder();
-    const wrapper = join(dir, "nk-runtime");
-    writeFileSync(wrapper, `#!/bin/sh\nNK_VM_CACHE='${VM_CACHE}' exec '${runtimeBinary()}' "$@"\n`, { mode: 0o755 });
+    const { dir, podman, image, importBusybox, teardown } = podmanOnNanoKata("nkt-vm-podman-net-", {
+      enter: holder.enter,
+      env: (d) => ({ NK_VM_TEMPLATE_DIR: join(d, "templates") }),
+    });
     const www = join(dir, "www");
-    spawnSync("mkdir", ["-p", www]);
+    mkdirSync(www);
     writeFileSync(join(www, "index.html"), "hello from the bridge side\n");
     // Listening on every address of the holder's namespace: the bridge's 10.88.0.1 once CNI makes it.
     const server = spawn(holder.enter[0]!, [...holder.enter.slice(1), "busybox", "httpd", "-f", "-p", String(NET.port), "-h", www], { stdio: "ignore" });
-    const podman = (args: string[]) =>
-      spawnSync(
-        holder.enter[0]!,
-        [...holder.enter.slice(1), "podman", "--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", wrapper, ...args],
-        { encoding: "utf8", timeout: VM_TIMEOUT, killSignal: "SIGKILL" },
-      );
     try {
-      const tar = join(dir, "rootfs.tar");
-      expect(spawnSync("tar", ["--numeric-owner", "-C", ensureBusyboxRootfs(), "-cf", tar, "."]).status).toBe(0);
-      expect(podman(["import", tar, "localhost/nkt-vm-net-busybox:latest"]).status).toBe(0);
+      importBusybox();
       const script = [
         "uname -r",
         "ip -o -4 addr show dev eth0 | awk '{print $4}'",
         "ip route | grep default | cut -d' ' -f1-3",
         `wget -q -O- http://10.88.0.1:${NET.port}/index.html`,
       ].join("; ");
-      const r = podman(["run", "--rm", "--annotation", "io.nanokata.mode=vm", "localhost/nkt-vm-net-busybox:latest", "sh", "-c", script]);
-      const [kernel, address, route, body] = r.stdout.trim().split("\n");
-      expect({ code: r.status, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
-      expect(kernel).not.toBe(release()); // the guest's kernel
-      expect(address).toMatch(/^10\.88\.\d+\.\d+\/16$/);
-      expect(route).toBe("default via 10.88.0.1");
-      expect(body).toBe("hello from the bridge side");
+      // A booting VM, then (from a template: the first run makes it, the second clones it) block-rootfs clones whose
+      // card takes CNI's MAC: the same network either way.
+      const vm = ["--annotation", "io.nanokata.mode=vm"];
+      const templated = [...vm, "--annotation", "io.nanokata.vm.template=true"];
+      for (const [how, flags] of [["boots", vm], ["makes the template", templated], ["clones it", templated]] as const) {
+        const r = podman(["run", "--rm", ...flags, image, "sh", "-c", script]);
+        const [kernel, address, route, body] = r.stdout.trim().split("\n");
+        expect({ how, code: r.status, stderr: r.stderr }).toEqual({ how, code: 0, stderr: "" });
+        expect(kernel).not.toBe(release()); // the guest's kernel
+        expect(address).toMatch(/^10\.88\.\d+\.\d+\/16$/);
+        expect(route).toBe("default via 10.88.0.1");
+        expect(body).toBe("hello from the bridge side");
+      }
       expect(podman(["ps", "--all", "--quiet"]).stdout.trim()).toBe("");
     } finally {
-      podman(["rm", "--all", "--force", "--time", "0"]);
-      podman(["rmi", "--all", "--force"]);
       server.kill("SIGKILL");
-      await holder.stop();
-      expect(processesNaming(dir)).toEqual([]);
-      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir);
-      rmSync(dir, { recursive: true, force: true });
-      expect(removeNewCgroupParents(cgroupsBefore, ["libpod_parent"])).toEqual([]);
+      try {
+        teardown();
+      } finally {
+        await holder.stop();
+      }
     }
   }, VM_TIMEOUT);
 });

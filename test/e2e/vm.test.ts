@@ -8,11 +8,10 @@
  * socket, no qemu or virtiofsd process that names its container.
  */
 import { describe, expect } from "bun:test";
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
-import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
+import { repoRoot } from "../helpers/rootfs.ts";
 import { hasPvhNote } from "../../src/vm/image/bzimage.ts";
 import {
   containerStdout,
@@ -27,9 +26,9 @@ import {
   waitUntil,
 } from "../helpers/runtime.ts";
 import type { Bundle } from "../helpers/bundle.ts";
-import { cgroupTopLevel, ptyRun, removeNewCgroupParents } from "./daemons.ts";
+import { ptyRun } from "./daemons.ts";
 import { consoleReceiver as receiveConsole } from "../helpers/console-receiver.ts";
-import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
+import { bundlesCheckedAfterEach, ensureVmImage, expectNothingLeft, podmanOnNanoKata, processesNaming, vcreate, VM_CACHE, VM_ENV, VM_TIMEOUT, vmSkipReason, vrt, which } from "./vm-helpers.ts";
 
 const CACHE = VM_CACHE;
 
@@ -464,24 +463,11 @@ describe("VM mode with Debian's stock kernel (vm build-image --kernel debian)", 
 describe("VM mode through podman", () => {
   const reason = SKIP ?? (which("podman") && which("conmon") ? null : "podman or conmon is not installed");
   testIf(reason, "podman run --annotation io.nanokata.mode=vm: the guest's kernel, stdin, exit code; podman exec (-i, -t); rm leaves nothing", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "nkt-vm-podman-"));
-    // podman's cgroupfs parent (/libpod_parent, with conmon's cgroup in it): ours to remove if this test made it.
-    const cgroupsBefore = cgroupTopLevel();
-    // conmon does not pass podman's environment on to the runtime: a wrapper names the image cache.
-    const wrapper = join(dir, "nk-runtime");
-    writeFileSync(wrapper, `#!/bin/sh\nNK_VM_CACHE='${CACHE}' exec '${runtimeBinary()}' "$@"\n`, { mode: 0o755 });
-    const podman = (args: string[], input?: string) =>
-      spawnSync(
-        "podman",
-        ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", wrapper, ...args],
-        { encoding: "utf8", input, timeout: VM_TIMEOUT, killSignal: "SIGKILL" },
-      );
+    const { podman, image, importBusybox, teardown } = podmanOnNanoKata("nkt-vm-podman-");
     try {
-      const tar = join(dir, "rootfs.tar");
-      expect(spawnSync("tar", ["--numeric-owner", "-C", ensureBusyboxRootfs(), "-cf", tar, "."]).status).toBe(0);
-      expect(podman(["import", tar, "localhost/nkt-vm-busybox:latest"]).status).toBe(0);
+      importBusybox();
       const r = podman(
-        ["run", "--rm", "-i", "--network", "none", "--annotation", "io.nanokata.mode=vm", "localhost/nkt-vm-busybox:latest", "sh", "-c", "read x; uname -r; echo got:$x; exit 4"],
+        ["run", "--rm", "-i", "--network", "none", "--annotation", "io.nanokata.mode=vm", image, "sh", "-c", "read x; uname -r; echo got:$x; exit 4"],
         "hello\n",
       );
       const [kernel, got] = r.stdout.trim().split("\n");
@@ -491,7 +477,7 @@ describe("VM mode through podman", () => {
       expect(podman(["ps", "--all", "--quiet"]).stdout.trim()).toBe("");
 
       // podman exec (conmon runs `exec -d --pid-file --process` and waits for the stand-in it names).
-      expect(podman(["run", "-d", "--name", "vmexec", "--network", "none", "--annotation", "io.nanokata.mode=vm", "localhost/nkt-vm-busybox:latest", "sleep", "600"]).status).toBe(0);
+      expect(podman(["run", "-d", "--name", "vmexec", "--network", "none", "--annotation", "io.nanokata.mode=vm", image, "sleep", "600"]).status).toBe(0);
       const e = podman(["exec", "vmexec", "sh", "-c", "echo in-$(uname -r); exit 3"]);
       expect({ code: e.status, out: e.stdout.trim() }).toEqual({ code: 3, out: `in-${kernel}` });
       const i = podman(["exec", "-i", "vmexec", "sh", "-c", "read x; echo got:$x"], "piped\n");
@@ -500,12 +486,7 @@ describe("VM mode through podman", () => {
       expect({ code: t.status, tty: /^\/dev\/pts\/\d+\r?$/.test(t.stdout.trim()) }).toEqual({ code: 2, tty: true });
       expect(podman(["rm", "--force", "--time", "0", "vmexec"]).status).toBe(0);
     } finally {
-      podman(["rm", "--all", "--force", "--time", "0"]);
-      podman(["rmi", "--all", "--force"]);
-      expect(processesNaming(dir)).toEqual([]);
-      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir);
-      rmSync(dir, { recursive: true, force: true });
-      expect(removeNewCgroupParents(cgroupsBefore, ["libpod_parent"])).toEqual([]);
+      teardown();
     }
   }, 2 * VM_TIMEOUT);
 });

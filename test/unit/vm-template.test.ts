@@ -52,7 +52,7 @@ describe("asking for a template", () => {
 });
 
 const inputs: TemplateInputs = {
-  layout: 1,
+  layout: 2,
   qemu: { path: "/usr/bin/qemu-system-x86_64", size: 1000, mtimeMs: 1 },
   kernel: { path: "/c/vmlinux", size: 2000, mtimeMs: 2 },
   initramfs: { path: "/c/initramfs.cpio", size: 3000, mtimeMs: 3 },
@@ -62,6 +62,7 @@ const inputs: TemplateInputs = {
   vcpus: 1,
   accel: "tcg",
   driveMiB: 2048,
+  nics: 0,
 };
 
 describe("a template's key", () => {
@@ -74,6 +75,7 @@ describe("a template's key", () => {
       { cmdline: `${inputs.cmdline} nk.debug=1` },
       { accel: "kvm" },
       { driveMiB: 256 },
+      { nics: 1 }, // microvm has no hotplug: a clone has its template's cards
       { qemu: { ...inputs.qemu, mtimeMs: 5 } }, // an upgraded QEMU may save devices differently
       { kernel: { ...inputs.kernel, size: 2001 } },
       { initramfs: { ...inputs.initramfs, mtimeMs: 9 } }, // a rebuilt agent

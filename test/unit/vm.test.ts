@@ -328,16 +328,20 @@ describe("the channel (src/vm/channel.ts and native/agent.h)", () => {
     expect(Number(/NK_WAKE_ENTROPY\s+(\d+)/.exec(header)?.[1])).toBe(WAKE_ENTROPY_BYTES);
   });
 
-  test("WAKE carries the wall clock (u64 s, u32 ns), the entropy and the root disk", () => {
+  test("WAKE carries the wall clock (u64 s, u32 ns), the entropy, the root disk and each card's MACs", () => {
     const entropy = new Uint8Array(WAKE_ENTROPY_BYTES).map((_, i) => i + 1);
-    const payload = wakePayload(1_764_369_000_250.5, entropy, "/dev/vda");
+    const payload = wakePayload(1_764_369_000_250.5, entropy, "/dev/vda", [{ from: "02:6e:6b:7e:00:00", to: "0A:0b:0c:0d:0e:0f" }]);
     const view = new DataView(payload.buffer);
     expect(view.getBigUint64(0, true)).toBe(1_764_369_000n);
     expect(view.getUint32(8, true)).toBe(250_500_000);
     expect([...payload.subarray(12, 12 + WAKE_ENTROPY_BYTES)]).toEqual([...entropy]);
-    expect(new TextDecoder().decode(payload.subarray(12 + WAKE_ENTROPY_BYTES))).toBe("/dev/vda");
-    expect(wakePayload(0, entropy).length).toBe(12 + WAKE_ENTROPY_BYTES);
+    const at = 12 + WAKE_ENTROPY_BYTES;
+    expect(payload[at]).toBe(8);
+    expect(new TextDecoder().decode(payload.subarray(at + 1, at + 9))).toBe("/dev/vda");
+    expect([...payload.subarray(at + 9)]).toEqual([0x02, 0x6e, 0x6b, 0x7e, 0, 0, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f]);
+    expect(wakePayload(0, entropy).length).toBe(12 + WAKE_ENTROPY_BYTES + 1);
     expect(() => wakePayload(0, new Uint8Array(8))).toThrow("entropy");
+    expect(() => wakePayload(0, entropy, "", [{ from: "nope", to: "02:00:00:00:00:01" }])).toThrow("not a MAC");
   });
 });
 
