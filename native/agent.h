@@ -29,6 +29,9 @@
 			  whose cache to drop, then for each network card 6 bytes of the template's MAC and 6 of
 			  the container's; answered with HELLO */
 #define NK_WAKE_ENTROPY 64
+#define NK_F_WARM 10   /* a template being made: u32 clone flags; a child unshares them, mounts proc and execs
+			  a trivial program in them, so the kernel's first-time work is in the template; answered
+			  with HELLO "... warm <the child's exit status>" */
 
 /* guest -> host */
 #define NK_F_HELLO 16  /* the agent is up: "<version> <uptime ms>" */

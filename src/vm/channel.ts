@@ -27,6 +27,9 @@
  * Outside any executor run: host READ "<path>" -> guest FILE <u32 errno><contents>
  * (the guest's cgroup files for `events`/stats), answered on the same session id.
  *
+ * A template being made gets WARM (u32 clone flags): the agent runs a
+ * throwaway process in such namespaces and answers HELLO "... warm <status>".
+ *
  * A VM restored from a template (template.ts) said HELLO long ago, to the host
  * that made the template; its host begins with WAKE (the wall clock, entropy
  * to reseed the guest's CRNG with, the root disk whose cache to drop, the
@@ -53,6 +56,7 @@ export const Frame = {
   RESIZE: 7,
   READ: 8,
   WAKE: 9,
+  WARM: 10,
   HELLO: 16,
   SYNCOUT: 17,
   STDOUT: 18,

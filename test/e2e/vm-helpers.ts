@@ -5,13 +5,13 @@
  * "nothing of this container is left" check (no state directory, no qemu,
  * virtiofsd, host process or stand-in that names it).
  */
-import { afterEach, expect } from "bun:test";
+import { afterAll, afterEach, expect } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureBusyboxRootfs, repoRoot } from "../helpers/rootfs.ts";
-import { deleteForce, describeResult, integrationSkipReason, newBundle, outputPaths, rt, runtimeBinary, runtimeKind, stateRoot } from "../helpers/runtime.ts";
+import { cleanupAll, deleteForce, describeResult, integrationSkipReason, newBundle, outputPaths, rt, runtimeBinary, runtimeKind, stateRoot } from "../helpers/runtime.ts";
 import type { Bundle, BundleOptions } from "../helpers/bundle.ts";
 import { cgroupTopLevel, removeNewCgroupParents } from "./daemons.ts";
 
@@ -83,10 +83,13 @@ export async function expectNothingLeft(id: string): Promise<void> {
 /**
  * A suite's bundle maker: every container made from its bundles is deleted
  * with --force after each test and checked to have left nothing (its own
- * afterEach); `after` runs once those checks passed.
+ * afterEach); `after` runs once those checks passed. At the end of the suite
+ * its bundles' directories go (cleanupAll).
  */
 export function bundlesCheckedAfterEach(after?: () => void): (opts: BundleOptions) => Bundle {
   const used: string[] = [];
+  // The bundles' directories (and the suite's state root) once the suite is done.
+  afterAll(() => cleanupAll());
   afterEach(async () => {
     for (const id of used.splice(0)) {
       deleteForce(id);

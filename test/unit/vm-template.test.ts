@@ -52,7 +52,7 @@ describe("asking for a template", () => {
 });
 
 const inputs: TemplateInputs = {
-  layout: 2,
+  layout: 3,
   qemu: { path: "/usr/bin/qemu-system-x86_64", size: 1000, mtimeMs: 1 },
   kernel: { path: "/c/vmlinux", size: 2000, mtimeMs: 2 },
   initramfs: { path: "/c/initramfs.cpio", size: 3000, mtimeMs: 3 },
