@@ -127,6 +127,8 @@ export async function createVmContainer(
     fromTemplate = false;
   };
   if (fromTemplate && driver === "firecracker") bootsInstead("VM templates are QEMU's");
+  // A pod's VM takes its further containers' rootfs through its virtiofs share (pod.ts), which a clone has not.
+  if (fromTemplate && spec.annotations?.["io.kubernetes.cri.container-type"] === "sandbox") bootsInstead("a pod sandbox's VM needs virtiofs for the pod's containers");
   const templateDisk = fromTemplate ? templateDiskMiB() : 0;
   if (fromTemplate && rootfsSharing.sharing === "virtiofs") {
     if (spec.annotations?.[ROOTFS_ANNOTATION] === "virtiofs") {

@@ -180,6 +180,13 @@ describe("VM templating (io.nanokata.vm.template)", () => {
     expect(existsSync(stateDir)).toBe(false);
   }, VM_TIMEOUT);
 
+  testIf(SKIP, "a pod sandbox that asks for a template boots (its pod's containers need its virtiofs share), with a warning", () => {
+    const sandbox = templated(["sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f3"], (c) => (c.annotations["io.kubernetes.cri.container-type"] = "sandbox"));
+    const r = run(sandbox, false);
+    expect({ code: r.code, out: r.stdout }).toEqual({ code: 0, out: "virtiofs\n" });
+    expect(r.stderr).toContain("a pod sandbox's VM needs virtiofs for the pod's containers: the VM boots instead of starting from a template");
+  }, VM_TIMEOUT);
+
   testIf(SKIP, "a bad annotation value, and a template with virtiofs asked for, are refused by name; nothing is left", () => {
     const bad = templated(["true"], (c) => (c.annotations["io.nanokata.vm.template"] = "yes"));
     const r = vrt(["run", "--bundle", bad.dir, bad.id], { env: ENV });
