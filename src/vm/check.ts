@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Frame, FrameReader } from "./channel.ts";
 import { mkfsPath } from "./rootfs-image.ts";
+import { listTemplates, templateDir } from "./template.ts";
 import { CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, guestKernelKind, hostTscKhz, qemuPath, virtiofsdPath, vmCacheDir, type KernelKind } from "./config.ts";
 import type { Accelerator } from "./driver.ts";
 import { currentInputs, findImage, imageStatus, type GuestImage } from "./image/build.ts";
@@ -132,6 +133,8 @@ export interface CheckReport {
   /** kernel: which guest kernel the image has ("minimal" or "debian"), and so whether its VMs get ACPI. */
   image: { dir: string; state: string; reason: string; kernel?: KernelKind; release?: string; acpi?: boolean };
   accelerator?: AccelChoice;
+  /** VM templates (template.ts): where they are and how many are made. */
+  templates: { dir: string; count: number };
   problems: string[];
 }
 
@@ -176,6 +179,7 @@ export async function vmCheck(opts: { probe: boolean }): Promise<CheckReport> {
     },
     image,
     accelerator,
+    templates: { dir: templateDir(), count: listTemplates().length },
     problems,
   };
 }
@@ -192,6 +196,7 @@ export function formatCheck(r: CheckReport): string {
     `firecracker:  ${r.firecracker.path ? `${r.firecracker.path} -- ` : ""}${r.firecracker.note}`,
     `guest image:  ${r.image.state}${r.image.release ? ` (${r.image.kernel} kernel ${r.image.release}, ACPI ${r.image.acpi ? "on" : "off"})` : ""} in ${r.image.dir} -- ${r.image.reason}`,
     `accelerator:  ${r.accelerator ? `${r.accelerator.accel} -- ${r.accelerator.reason}` : "- (needs qemu and a guest image)"}`,
+    `templates:    ${r.templates.count} made in ${r.templates.dir} (io.nanokata.vm.template=true; \`vm template status\`)`,
     r.ok ? "VM mode: can run here" : `VM mode: cannot run here: ${r.problems.join("; ")}`,
   );
   return lines.join("\n") + "\n";

@@ -54,6 +54,7 @@ describe("VM templating (io.nanokata.vm.template)", () => {
     expect(again.stdout).toMatch(/^already made: /);
     const status = rt(["vm", "template", "status"], { noRoot: true, env: ENV });
     expect(status.stdout).toContain(finishedTemplates()[0]!);
+    expect(rt(["vm", "check"], { noRoot: true, env: ENV }).stdout).toContain(`templates:    1 made in ${templates}`);
 
     const b = templated(["sh", "-c", "uname -r; grep ' / ' /proc/mounts; echo out; exit 5"], (c) => (c.root.readonly = false));
     const r = run(b);
