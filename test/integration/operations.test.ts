@@ -89,7 +89,10 @@ describe("pause/resume", () => {
     expect(state(bundle.id).status).toBe("running");
     expect(cgRead("freezer", bundle.id, "freezer.state")).toBe("THAWED");
     waitUntil("the counter to advance after resume", () => counter() > frozenAt + 1, 5_000);
-    for (const pid of cgProcs("freezer", bundle.id)) expect(`${pid}: ${procState(pid)}`).not.toMatch(/: D /);
+    // A v1 freezer shows a frozen task in state D, and D stays; a task waiting on the disk (under load) passes
+    // through D briefly: none may stay in it.
+    const stillD = () => cgProcs("freezer", bundle.id).map((pid) => `${pid}: ${procState(pid)}`).filter((s) => /: D /.test(s));
+    waitUntil(`no process of the container in state D (${stillD().join(", ")})`, () => stillD().length === 0, 5_000);
 
     ok(deleteForce(bundle.id));
     assertNoLeftovers(bundle.id, bundle.dir);
