@@ -26,7 +26,7 @@ import { chooseAccelerator } from "./check.ts";
 import { AGENT_VSOCK_PORT, agentBinaryPath, CHANNEL_PORT_NAME, firecrackerPath, guestCmdline, hostTscKhz, qemuPath, SHARE_TAG, virtiofsdPath, vmCacheDir } from "./config.ts";
 import { VmError, type VmConfig } from "./driver.ts";
 import { checkBlockRootfs, GUEST_ROOT_DEVICE, makeRootfsImage, ROOTFS_ANNOTATION, ROOTFS_IMAGE_NAME, selectRootfsSharing } from "./rootfs-image.ts";
-import { TEMPLATE_ANNOTATION, templateDiskMiB, templateRequested } from "./template.ts";
+import { TEMPLATE_ANNOTATION, TEMPLATE_FAILED, templateDiskMiB, templateRequested } from "./template.ts";
 import { findImage, sha256File } from "./image/build.ts";
 import { GO_FD, readBootOrLaunch, readPids, writeBoot, writeLaunch, writePids, type ProcRef, type VmBoot, type VmLaunch } from "./launch.ts";
 import { inspectNetns, unwireMirror } from "./network.ts";
@@ -262,7 +262,19 @@ export async function createVmContainer(
     };
     writeLaunch(stateDir, launch);
 
-    return await awaitStandIn(ctx, standInRequest, standIn ?? spawnStandIn(ctx, standInRequest));
+    try {
+      return await awaitStandIn(ctx, standInRequest, standIn ?? spawnStandIn(ctx, standInRequest));
+    } catch (error) {
+      if (!(error instanceof VmError && error.code === TEMPLATE_FAILED)) throw error;
+      // A template that does not load is the runtime's problem, not the container's: its host process has
+      // removed it and stopped the clone; boot the VM instead (the next create makes a new template).
+      ctx.log.warn(`${error.message}; the VM boots instead`); // "container <id>: restoring VM template ..."
+      ctx.tracer.note(`${error.message}; the VM boots instead`);
+      if (standIn) await abandonStandIn(stateDir, standIn, runDir, { exitsByItself: true });
+      standIn = undefined;
+      writeLaunch(stateDir, { ...launch, fromTemplate: false });
+      return await awaitStandIn(ctx, standInRequest, spawnStandIn(ctx, standInRequest));
+    }
   } catch (error) {
     standIn?.release(false);
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
@@ -364,10 +376,12 @@ function writePidFile(path: string, pid: number): void {
 }
 
 /** Stop an early host process and the VM it started (its pids file names the VMM). */
-async function abandonStandIn(stateDir: string, standIn: StandIn, runDir: string): Promise<void> {
+async function abandonStandIn(stateDir: string, standIn: StandIn, runDir: string, opts: { exitsByItself?: boolean } = {}): Promise<void> {
   standIn.release(false);
-  standIn.host.kill("SIGKILL");
+  // One that reported a failure is on its way out, undoing its network wiring: let it finish (bounded).
+  const killer = setTimeout(() => standIn.host.kill("SIGKILL"), opts.exitsByItself ? 5000 : 0);
   await standIn.exited;
+  clearTimeout(killer);
   await stop(readPids(stateDir)?.vmm);
   // Its sockets (the next host process listens on the same paths) and console log.
   rmSync(runDir, { recursive: true, force: true });

@@ -31,7 +31,7 @@ import { ControlServer } from "./host-control.ts";
 import { VmError, type HypervisorDriver, type RunningVm } from "./driver.ts";
 import { bootPath, GO_FD, launchPath, readJson, readLaunch, writePids, type VmBoot, type VmLaunch, type VmPids } from "./launch.ts";
 import { GUEST_ROOT_DEVICE } from "./rootfs-image.ts";
-import type { Template } from "./template.ts";
+import { TEMPLATE_FAILED, type Template } from "./template.ts";
 import { connectNetwork, unwireMirror } from "./network.ts";
 import { StdioRelay, type SessionStdio } from "./stdio.ts";
 import { reporter } from "./report.ts";
@@ -95,9 +95,10 @@ export async function runHost(stateDir: string, log: Logger): Promise<number> {
     if (!restoring) return error;
     const { discardTemplate } = await import("./template.ts");
     discardTemplate(restoring);
-    const message = `${error.message} (restoring VM template ${restoring.meta.key}: the template was removed; the next create makes a new one)`;
+    // A stable code: create boots the VM instead (container.ts).
+    const message = `restoring VM template ${restoring.meta.key} failed, the template was removed: ${error.message}`;
     restoring = undefined;
-    return new VmError(error.code, message);
+    return new VmError(TEMPLATE_FAILED, message);
   };
   /** Stop everything we started and exit: the one way out. */
   const finish = async (status: number, error?: VmError): Promise<never> => {

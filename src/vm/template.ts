@@ -44,6 +44,9 @@ import { qemuPath } from "./config.ts";
 import { VmError, type RunningVm, type VmConfig } from "./driver.ts";
 import type { ProcRef } from "./launch.ts";
 
+/** The error code of a clone that could not be restored (its template is removed; create then boots the VM). */
+export const TEMPLATE_FAILED = "template-failed";
+
 /** Per container: "true" to start from a template, "false" never (NK_VM_TEMPLATE=1 makes "true" the runtime-wide default). */
 export const TEMPLATE_ANNOTATION = "io.nanokata.vm.template";
 
