@@ -351,6 +351,17 @@ static void boot(char *port_name, size_t port_size, char *vsock_port, size_t vso
 	cmdline_value("nk.vsock", vsock_port, vsock_size);
 }
 
+/* A small (sysfs) file's contents, NUL-terminated; the byte count, or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, size - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	buf[n > 0 ? n : 0] = 0;
+	return n;
+}
+
 /* Find /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name is `name`;
  * ports appear asynchronously once the host announces them. */
 static int open_port(const char *name)
@@ -363,13 +374,8 @@ static int open_port(const char *name)
 			if (e->d_name[0] == '.')
 				continue;
 			snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			ssize_t n = fd >= 0 ? read(fd, got, sizeof got - 1) : -1;
-			if (fd >= 0)
-				close(fd);
-			if (n <= 0)
+			if (read_small(path, got, sizeof got) <= 0)
 				continue;
-			got[n] = 0;
 			got[strcspn(got, "\n")] = 0;
 			if (strcmp(got, name) != 0)
 				continue;
@@ -819,11 +825,7 @@ static void set_mac(const unsigned char *from, const unsigned char *to)
 		if (e->d_name[0] == '.' || strlen(e->d_name) >= IFNAMSIZ)
 			continue;
 		snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		ssize_t n = fd >= 0 ? read(fd, got, sizeof got - 1) : -1;
-		if (fd >= 0)
-			close(fd);
-		if (n < 17 || strncmp(got, want, 17) != 0)
+		if (read_small(path, got, sizeof got) < 17 || strncmp(got, want, 17) != 0)
 			continue;
 		struct ifreq ifr = {0};
 		snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", e->d_name);
