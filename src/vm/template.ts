@@ -186,6 +186,30 @@ export function removeTemplates(): number {
   return removed;
 }
 
+/**
+ * Whether a template was made from files that are no longer there as they
+ * were (a rebuilt guest image, an upgraded QEMU): no create will find it
+ * again (its key names the old files), so it only holds RAM in /run.
+ */
+export function isStale(t: Template): boolean {
+  const { qemu, kernel, initramfs } = t.meta.inputs;
+  return [qemu, kernel, initramfs].some((f) => {
+    try {
+      const st = statSync(f.path);
+      return st.size !== f.size || st.mtimeMs !== f.mtimeMs;
+    } catch {
+      return true;
+    }
+  });
+}
+
+/** Remove the stale templates (made whenever a new one is made); their keys. Running clones keep their mappings. */
+export function removeStaleTemplates(): string[] {
+  const stale = listTemplates().filter(isStale);
+  for (const t of stale) rmSync(t.dir, { recursive: true, force: true });
+  return stale.map((t) => t.meta.key);
+}
+
 /** Remove one template: a clone of it failed to load, so the next create makes it again. */
 export function discardTemplate(t: Template): void {
   rmSync(t.dir, { recursive: true, force: true });
@@ -208,6 +232,7 @@ export async function ensureTemplate(vm: VmConfig, log: Logger): Promise<{ templ
     const madeMeanwhile = findTemplate(inputs);
     if (madeMeanwhile) return { template: madeMeanwhile, made: false };
     removeAbandonedScratch(root, key);
+    for (const old of removeStaleTemplates()) log.debug(`vm template ${old} removed: its guest image or QEMU has changed since it was made`);
     return { template: await makeTemplate(vm, inputs, key, log), made: true };
   } finally {
     closeSync(lockFd); // releases the lock
@@ -388,7 +413,9 @@ export function describeTemplates(templates: Template[]): string {
       .map((t) => {
         const i = t.meta.inputs;
         const ramUsed = statSync(t.ram).blocks * 512;
-        return `${t.meta.key}  ${i.memoryMiB} MiB, ${i.vcpus} vCPU, ${i.accel}, disk ${i.driveMiB} MiB; RAM file ${mib(ramUsed)} used; made ${t.meta.madeAt} (boot ${t.meta.bootMs} ms, save ${t.meta.saveMs} ms)`;
+        const cards = i.nics ? `, ${i.nics} network card${i.nics > 1 ? "s" : ""}` : "";
+        const stale = isStale(t) ? "; STALE (its guest image or QEMU changed: removed when the next template is made)" : "";
+        return `${t.meta.key}  ${i.memoryMiB} MiB, ${i.vcpus} vCPU, ${i.accel}, disk ${i.driveMiB} MiB${cards}; RAM file ${mib(ramUsed)} used; made ${t.meta.madeAt} (boot ${t.meta.bootMs} ms, save ${t.meta.saveMs} ms)${stale}`;
       })
       .join("\n") + "\n"
   );

@@ -4,15 +4,18 @@
 // test/e2e/vm-template.test.ts.
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readProcStat } from "../../src/state/proc.ts";
 import type { VmConfig } from "../../src/vm/driver.ts";
 import { qemuArgs } from "../../src/vm/qemu.ts";
 import {
+  describeTemplates,
+  isStale,
   listTemplates,
   removeAbandonedScratch,
+  removeStaleTemplates,
   removeTemplates,
   templateDiskMiB,
   templateKey,
@@ -148,6 +151,29 @@ describe("the template directory", () => {
     expect(listTemplates().map((t) => t.meta.key)).toEqual(["0123456789abcdef0123"]);
     expect(removeTemplates()).toBe(2);
     expect(readdirSync(root)).toEqual([]);
+  });
+
+  test("a template whose guest image or QEMU changed is stale: status says so, and it is removed; a current one stays", () => {
+    const files = ["qemu", "vmlinux", "initramfs"].map((name) => {
+      const path = join(root, `file-${name}`);
+      writeFileSync(path, name);
+      const st = statSync(path);
+      return { path, size: st.size, mtimeMs: st.mtimeMs };
+    });
+    const current: TemplateInputs = { ...inputs, qemu: files[0]!, kernel: files[1]!, initramfs: files[2]! };
+    const write = (key: string, made: TemplateInputs) => {
+      mkdirSync(join(root, key));
+      writeFileSync(join(root, key, "meta.json"), JSON.stringify({ key, inputs: made, madeAt: "x", bootMs: 1, saveMs: 1 }));
+      for (const part of ["ram", "state"]) writeFileSync(join(root, key, part), "");
+    };
+    write("aaaaaaaaaaaaaaaaaaaa", current);
+    write("bbbbbbbbbbbbbbbbbbbb", { ...current, kernel: { ...current.kernel, size: current.kernel.size + 1 } }); // a rebuilt kernel
+    write("cccccccccccccccccccc", { ...current, qemu: { ...current.qemu, path: join(root, "gone") } }); // QEMU moved away
+    const byKey = Object.fromEntries(listTemplates().map((t) => [t.meta.key, isStale(t)]));
+    expect(byKey).toEqual({ aaaaaaaaaaaaaaaaaaaa: false, bbbbbbbbbbbbbbbbbbbb: true, cccccccccccccccccccc: true });
+    expect(describeTemplates(listTemplates())).toMatch(/^bbbbbbbbbbbbbbbbbbbb .*STALE/m);
+    expect(removeStaleTemplates().sort()).toEqual(["bbbbbbbbbbbbbbbbbbbb", "cccccccccccccccccccc"]);
+    expect(listTemplates().map((t) => t.meta.key)).toEqual(["aaaaaaaaaaaaaaaaaaaa"]);
   });
 
   test("a dead maker's scratch directory of the key is removed and its QEMU stopped; other keys' are left", async () => {
