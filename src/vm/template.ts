@@ -279,10 +279,11 @@ function nextFrame(vm: RunningVm, type: number, what: string, timeoutMs: number)
 }
 
 /**
- * Boot the template's VM with its RAM in a file, wait until the agent is in
- * its loop (HELLO, then the answer to a READ), stop the vCPUs and save the
- * devices' state. Everything is made in a scratch directory that becomes the
- * template by one rename; on failure nothing is left.
+ * Boot the template's VM with its RAM in a file, wait for HELLO, have the
+ * agent WARM up, wait until it is back in its loop (the answer to a READ),
+ * and save the devices' state (migrate stops the vCPUs itself). Everything
+ * is made in a scratch directory that becomes the template by one rename;
+ * on failure nothing is left.
  */
 async function makeTemplate(vm: VmConfig, inputs: TemplateInputs, key: string, log: Logger): Promise<Template> {
   const root = templateDir();
